@@ -1,0 +1,1 @@
+"""Agent environments: protocol, tool schemas, tool-call parsing, synthesized environments."""

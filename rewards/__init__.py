@@ -1,0 +1,1 @@
+"""Reward functions: contract, registry, plugin discovery, built-ins, sandboxed code execution."""

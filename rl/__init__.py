@@ -1,0 +1,1 @@
+"""dsa-rl learner side: configs, GRPO losses, trainer, loop, data, budgets, checkpoints."""

@@ -1,0 +1,1 @@
+"""The DeepSeek Sparse Attention policy (MLA + lightning indexer + top-k, optional MoE) and its tokenizer."""

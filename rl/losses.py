@@ -1,0 +1,333 @@
+"""GRPO policy loss (DeepSeek-V3.2 variant), loss aggregations, off-policy sequence masking and
+log-probabilities under the Keep Sampling Mask: pure tensor functions, registries by name.
+
+The objective maximised (V3.2, section 3 of docs/deepseek-v32.md) is
+
+    J = 1/G sum_i 1/|o_i| sum_t [ min(r A_i, clip(r, 1 - clip_low, 1 + clip_high) A_i) M_i - beta KL_t ]
+
+with ``r = pi_theta / pi_old`` per token, ``M_i`` the off-policy sequence mask and ``KL_t`` one of the
+estimators in :mod:`rl.kl` (``unbiased_k3`` in V3.2). The loss is ``-J`` per token, reduced by a
+registered aggregation. Departures from the paper: separate low / high clip bounds (V3.2 has one
+eps; equal bounds give it back); the reduction is selectable (V3.2's is ``seq_mean_token_mean``);
+``M_i`` multiplies only the policy-gradient term, as in the formula, so a masked sequence still
+feels the KL penalty and still counts in the 1/G.
+
+Conventions: B sequences (rows) of T positions; ``token_mask (B, T)`` is 1 on tokens that are
+trained on (sampled by the policy) and 0 on prompt, tool output and padding. Values at masked
+positions are never read: they are replaced by 0 before any arithmetic, so an inf or nan there
+cannot leak into the loss or its gradient. No function here calls ``.item()`` or syncs the host,
+except ``torch.unique`` in the advantages.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from rl.kl import get_kl
+from rl.registry import Registry
+
+# --------------------------------------------------------------------------------------------------
+# Log-probabilities and entropy under the Keep Sampling Mask
+
+
+def _restricted_logits(logits: Tensor, sampling_mask: Tensor | None, temperature: float
+                       ) -> tuple[Tensor, Tensor | None]:
+    """fp32 ``logits / temperature`` restricted to the kept set, and the kept-entry mask or None.
+
+    Dense bool mask: returns ``(B, T, V)`` with dropped entries set to the most negative finite
+    float (not -inf: an empty row then stays finite, and ``0 * x`` stays 0). Kept-ids form: returns
+    the gathered ``(B, T, K)`` logits of the kept ids and the ``(B, T, K)`` validity mask.
+    """
+    if sampling_mask is None or sampling_mask.dtype == torch.bool:
+        x = logits.to(torch.float32, copy=True)  # the one (B, T, V) float copy; ops below in place
+        if temperature != 1.0:
+            x.div_(temperature)
+        if sampling_mask is not None:
+            x.masked_fill_(~sampling_mask, torch.finfo(torch.float32).min)
+        return x, None
+    valid = sampling_mask >= 0  # (B, T, K)
+    x = logits.gather(-1, sampling_mask.clamp_min(0)).to(torch.float32) / temperature  # (B, T, K)
+    return x.masked_fill(~valid, torch.finfo(torch.float32).min), valid
+
+
+def masked_log_probs(logits: Tensor, token_ids: Tensor, sampling_mask: Tensor | None = None, *,
+                     temperature: float) -> Tensor:
+    """Log-probabilities ``(B, T)`` (fp32) of the taken tokens under the sampler's distribution.
+
+    The distribution is ``softmax(logits / temperature)`` restricted to the kept set and
+    renormalised (Keep Sampling Mask), i.e. ``x_tok - logsumexp_{v kept} x_v`` with
+    ``x = logits / temperature``; this must be the distribution whose log-probs the rollout engine
+    recorded as pi_old.
+
+    Args:
+        logits: ``(B, T, V)``, any float dtype; position t scores ``token_ids[:, t]``.
+        token_ids: ``(B, T)`` int64 taken tokens.
+        sampling_mask: the kept set per position, in one of two forms:
+            * None: the full vocabulary (no top-p / top-k);
+            * bool, broadcastable to ``(B, T, V)``, True = kept;
+            * int64 ``(B, T, K)`` kept token ids, right-padded with -1 (the compact form for top-k
+              or a small nucleus: then no ``(B, T, V)`` tensor is made at all).
+        temperature: the sampler's temperature (> 0).
+
+    Returns:
+        ``(B, T)`` fp32. A position whose kept set is empty (padding, prompt) gets 0; a taken
+        token outside a non-empty kept set gets -inf (the rollout record is inconsistent).
+
+    Memory: the dense path makes one fp32 ``(B, T, V)`` copy (kept for backward) plus a bool mask;
+    the ids path only ``(B, T, K)`` tensors.
+    """
+    x, valid = _restricted_logits(logits, sampling_mask, temperature)
+    idx = token_ids.unsqueeze(-1)  # (B, T, 1)
+    if sampling_mask is None:
+        return x.gather(-1, idx).squeeze(-1) - torch.logsumexp(x, dim=-1)
+    if valid is None:  # dense bool mask
+        keep = sampling_mask.expand(logits.shape)  # (B, T, V) view, no copy
+        in_set = keep.gather(-1, idx).squeeze(-1)  # (B, T)
+        nonempty = keep.any(dim=-1)
+        taken = x.gather(-1, idx).squeeze(-1)  # the true logit wherever in_set
+    else:  # kept ids
+        in_set = ((sampling_mask == idx) & valid).any(dim=-1)  # (B, T)
+        nonempty = valid.any(dim=-1)
+        taken = logits.gather(-1, idx).squeeze(-1).to(torch.float32) / temperature
+    logp = taken - torch.logsumexp(x, dim=-1)  # (B, T)
+    outside = torch.where(nonempty, float("-inf"), 0.0).to(logp.dtype)
+    return torch.where(in_set, logp, outside)
+
+
+def entropy_from_logits(logits: Tensor, sampling_mask: Tensor | None = None, *,
+                        temperature: float) -> Tensor:
+    """Entropy ``(B, T)`` (fp32, nats) of the sampler's distribution at each position.
+
+    Same distribution and ``sampling_mask`` forms as :func:`masked_log_probs`; empty kept sets
+    give 0. Differentiable, but meant as a metric: call it under ``torch.no_grad()`` to avoid
+    keeping two more ``(B, T, V)`` tensors for backward.
+    """
+    x, valid = _restricted_logits(logits, sampling_mask, temperature)
+    logq = torch.log_softmax(x, dim=-1)  # dropped entries: finite, with probability exactly 0
+    ent = -(logq.exp() * logq).sum(dim=-1)  # (B, T)
+    if sampling_mask is None:
+        return ent
+    nonempty = sampling_mask.any(dim=-1) if valid is None else valid.any(dim=-1)
+    return torch.where(nonempty, ent, 0.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Aggregations: how per-token losses (B, T) become one scalar
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """A reduction ``loss = total(values, mask, norm_constant) / units``.
+
+    Splitting the sum from its normaliser lets a trainer that cuts a mini-batch into micro-batches
+    pass the mini-batch's ``num_units`` (the sum of ``units`` over its micro-batches) so that the
+    accumulated gradient equals the full mini-batch's, whatever the ragged token counts.
+    """
+
+    total: Callable[[Tensor, Tensor, float], Tensor]
+    """``(values (B, T), mask (B, T) float, norm_constant) -> ()`` un-normalised sum."""
+    units: Callable[[Tensor], Tensor]
+    """``mask (B, T) float -> ()`` number of normalisation units in this batch."""
+
+
+AGGREGATIONS: Registry[Aggregation] = Registry("loss aggregation")
+
+
+def register_aggregation(name: str):
+    """Decorator-style registration of an :class:`Aggregation` (a duplicate name raises)."""
+    return AGGREGATIONS.register(name)
+
+
+def get_aggregation(name: str) -> Aggregation:
+    """The :class:`Aggregation` registered as ``name``."""
+    return AGGREGATIONS.get(name)
+
+
+def _token_count(mask: Tensor) -> Tensor:
+    return mask.sum()
+
+
+def _nonempty_rows(mask: Tensor) -> Tensor:
+    return (mask.sum(dim=-1) > 0).to(mask.dtype).sum()
+
+
+def _token_mean_total(values: Tensor, mask: Tensor, norm_constant: float) -> Tensor:
+    return (values * mask).sum()
+
+
+def _seq_mean_token_mean_total(values: Tensor, mask: Tensor, norm_constant: float) -> Tensor:
+    return ((values * mask).sum(dim=-1) / mask.sum(dim=-1).clamp_min(1)).sum()
+
+
+def _seq_sum_total(values: Tensor, mask: Tensor, norm_constant: float) -> Tensor:
+    return (values * mask).sum() / norm_constant
+
+
+# sum_{i,t} m l / sum_{i,t} m: every trained token of the batch weighs the same (DAPO).
+register_aggregation("token_mean")(Aggregation(total=_token_mean_total, units=_token_count))
+# 1/G' sum_i 1/|o_i| sum_t m l (V3.2, GRPO); G' counts the rows with at least one trained token.
+register_aggregation("seq_mean_token_mean")(Aggregation(total=_seq_mean_token_mean_total,
+                                                        units=_nonempty_rows))
+# 1/(G' C) sum_i sum_t m l (Dr. GRPO), C = norm_constant: one fixed length for every batch, such as
+# the generation budget (C = 1 gives "sum over tokens, mean over sequences").
+register_aggregation("seq_sum")(Aggregation(total=_seq_sum_total, units=_nonempty_rows))
+
+
+def aggregate(name: str, values: Tensor, mask: Tensor, *, norm_constant: float,
+              num_units: Tensor | float | None = None) -> Tensor:
+    """Reduce per-token ``values (B, T)`` over ``mask (B, T)`` with the aggregation ``name``.
+
+    ``norm_constant`` is C of ``seq_sum`` (ignored by the other modes). ``num_units``: the
+    normaliser, default this batch's own ``units`` (clamped to >= 1 so an empty batch gives 0).
+    """
+    agg = get_aggregation(name)
+    mask = mask.to(values.dtype)
+    units = agg.units(mask).clamp_min(1) if num_units is None else num_units
+    return agg.total(values, mask, norm_constant) / units
+
+
+# --------------------------------------------------------------------------------------------------
+# Off-policy sequence masking
+
+
+def off_policy_sequence_mask(logp: Tensor, old_logp: Tensor, advantages: Tensor, token_mask: Tensor,
+                             delta: float) -> Tensor:
+    """V3.2's M_i ``(B,)`` float: 0 where ``A_i < 0`` and ``mean_t log(pi_old / pi_theta) > delta``.
+
+    Args:
+        logp: ``(B, T)`` log pi_theta of the taken tokens (used detached: the mask is a constant).
+        old_logp: ``(B, T)`` log pi_old as returned by the rollout engine (so the mask catches both
+            staleness and inference/training mismatch).
+        advantages: ``(B,)`` per-sequence advantages. Sequences with ``A_i >= 0`` are never masked.
+        token_mask: ``(B, T)``; the mean runs over each sequence's own trained tokens (an empty
+            sequence has mean 0).
+        delta: threshold; ``float("inf")`` disables the mask.
+
+    Returns:
+        ``(B,)`` in logp's dtype, 1 = keep, 0 = drop the policy-gradient term of the sequence.
+    """
+    valid = token_mask.bool()
+    diff = torch.where(valid, old_logp.detach() - logp.detach(), 0.0)  # (B, T)
+    mean = diff.sum(dim=-1) / valid.sum(dim=-1).clamp_min(1)  # (B,)
+    drop = (advantages.detach() < 0) & (mean > delta)
+    return (~drop).to(logp.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Policy losses
+
+
+class PolicyLoss(Protocol):
+    def __call__(self, logp: Tensor, old_logp: Tensor, advantages: Tensor, token_mask: Tensor, *,
+                 ref_logp: Tensor | None, seq_mask: Tensor | None, clip_low: float,
+                 clip_high: float, beta: float, kl_estimator: str, aggregation: str,
+                 norm_constant: float, num_units: Tensor | float | None = None,
+                 entropy: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        ...
+
+
+POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy loss")
+
+
+def register_policy_loss(name: str):
+    """Decorator registering a policy loss under ``name`` (a duplicate name raises)."""
+    return POLICY_LOSSES.register(name)
+
+
+def get_policy_loss(name: str) -> PolicyLoss:
+    """The policy loss registered as ``name``."""
+    return POLICY_LOSSES.get(name)
+
+
+def _masked_mean(x: Tensor, valid: Tensor, n: Tensor) -> Tensor:
+    return torch.where(valid, x, 0.0).sum() / n
+
+
+@register_policy_loss("clipped")
+@register_policy_loss("grpo")
+def grpo_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, token_mask: Tensor, *,
+                     ref_logp: Tensor | None, seq_mask: Tensor | None, clip_low: float,
+                     clip_high: float, beta: float, kl_estimator: str, aggregation: str,
+                     norm_constant: float, num_units: Tensor | float | None = None,
+                     entropy: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped-ratio GRPO loss with a KL penalty (the negated V3.2 objective; "clipped" = alias).
+
+    Per trained token: ``-min(r A, clip(r, 1 - clip_low, 1 + clip_high) A) * M_i + beta * KL_t``,
+    ``r = exp(logp - old_logp)``, reduced by the aggregation ``aggregation``.
+
+    Args:
+        logp: ``(B, T)`` log pi_theta of the taken tokens (carries the gradient).
+        old_logp: ``(B, T)`` log pi_old (the rollout engine's), detached.
+        advantages: ``(B,)`` per sequence or ``(B, T)`` per token, detached.
+        token_mask: ``(B, T)`` bool or 0/1 float: which tokens are trained on.
+        ref_logp: ``(B, T)`` log pi_ref, or None (then ``beta`` must be 0 and no KL is computed).
+        seq_mask: ``(B,)`` 0/1 off-policy sequence mask M_i (:func:`off_policy_sequence_mask`), or
+            None for all ones.
+        clip_low, clip_high: the ratio is clipped to ``[1 - clip_low, 1 + clip_high]``.
+        beta: KL coefficient; the KL term is added only when ``beta != 0``.
+        kl_estimator: name in :mod:`rl.kl` (``k1``, ``k2``, ``k3``, ``unbiased_k3``).
+        aggregation: name of an :class:`Aggregation` (``seq_mean_token_mean``, ``token_mean``,
+            ``seq_sum``); ``norm_constant`` and ``num_units`` as in :func:`aggregate`.
+        entropy: optional ``(B, T)`` per-token entropy, only reported.
+
+    Returns:
+        ``(loss, metrics)``: the scalar loss, and detached scalar tensors. Token statistics are
+        means over this batch's trained tokens, whatever the aggregation: ``pg_loss`` (the policy
+        term, aggregated like the loss), ``ratio_mean/min/max`` (nan when no token is trained),
+        ``clip_frac_low`` (tokens with A < 0 and r < 1 - clip_low: the clip zeroes their gradient),
+        ``clip_frac_high`` (A > 0 and r > 1 + clip_high), ``masked_frac`` (fraction of non-empty
+        sequences with M_i = 0), and when given ``kl`` (token mean of the estimator, with or
+        without beta) and ``entropy``.
+    """
+    if ref_logp is None and beta != 0.0:
+        raise ValueError(f"beta={beta} needs ref_logp (set kl_coef to 0 to run without a reference)")
+    valid = token_mask.bool()  # (B, T)
+    mask = valid.to(logp.dtype)
+    # Zero every input at untrained positions first (where() blocks both inf values and gradients).
+    logp = torch.where(valid, logp, 0.0)
+    old_logp = torch.where(valid, old_logp.detach(), 0.0)
+    adv = advantages.detach()
+    adv = adv[:, None] if adv.dim() == 1 else adv  # (B, 1) or (B, T)
+
+    ratio = torch.exp(logp - old_logp)  # (B, T)
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    pg = -torch.minimum(ratio * adv, clipped * adv)  # (B, T)
+    if seq_mask is not None:
+        pg = pg * seq_mask.detach().to(pg.dtype)[:, None]
+    per_token = pg
+    kl = None
+    if ref_logp is not None:
+        kl = get_kl(kl_estimator)(logp, torch.where(valid, ref_logp.detach(), 0.0), old_logp)
+        if beta != 0.0:
+            per_token = pg + beta * kl
+    loss = aggregate(aggregation, per_token, mask, norm_constant=norm_constant, num_units=num_units)
+
+    with torch.no_grad():
+        n_tok = mask.sum().clamp_min(1)
+        any_tok = valid.any()
+        adv_tok = adv.expand_as(ratio)
+        nan = torch.full((), float("nan"), dtype=ratio.dtype, device=ratio.device)
+        metrics = {
+            "pg_loss": aggregate(aggregation, pg.detach(), mask, norm_constant=norm_constant,
+                                 num_units=num_units),
+            "ratio_mean": _masked_mean(ratio, valid, n_tok),
+            "ratio_min": torch.where(any_tok, torch.where(valid, ratio, float("inf")).amin(), nan),
+            "ratio_max": torch.where(any_tok, torch.where(valid, ratio, float("-inf")).amax(), nan),
+            "clip_frac_low": (valid & (adv_tok < 0) & (ratio < 1.0 - clip_low)).sum() / n_tok,
+            "clip_frac_high": (valid & (adv_tok > 0) & (ratio > 1.0 + clip_high)).sum() / n_tok,
+        }
+        rows = valid.any(dim=-1)  # (B,)
+        if seq_mask is None:
+            metrics["masked_frac"] = torch.zeros((), dtype=ratio.dtype, device=ratio.device)
+        else:
+            dropped = rows & (seq_mask.detach() == 0)
+            metrics["masked_frac"] = dropped.sum() / rows.sum().clamp_min(1)
+        if kl is not None:
+            metrics["kl"] = _masked_mean(kl.detach(), valid, n_tok)
+        if entropy is not None:
+            metrics["entropy"] = _masked_mean(entropy.detach(), valid, n_tok)
+    return loss, metrics

@@ -1,0 +1,170 @@
+"""`DSAConfig`: the shape and behaviour of a DeepSeek-Sparse-Attention policy, plus a preset table.
+
+The config is a transformers dataclass-style `PreTrainedConfig` (model_type "dsa"). Each field has
+its docstring directly under it. The constructor defaults ARE the `tiny` preset (the embedded
+default policy: ~1-3 M parameters, MoE layers, `index_topk` = 32 so that sparse attention is active
+on math sequences of 64-200 tokens); every other preset in `PRESETS` lists only what differs.
+
+Departures from DeepSeek-V3.2 (documented choices, see also mla.py / indexer.py / moe.py):
+- RoPE is plain (no YaRN scaling) and half-split (non-interleaved) everywhere, in MLA too.
+- The indexer applies RoPE to exactly the first half of its head dims (V3.2: 64 of 128).
+- MoE gating has no node/group-limited routing; top-k weights are always L1-normalised.
+- No multi-token-prediction module, no FP8, no Hadamard rotation (orthogonal: a no-op in fp32).
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from transformers import PreTrainedConfig
+
+ATTENTION_MODES = ("sparse", "dense")
+MOE_GATES = ("sigmoid", "softmax")
+
+
+class DSAConfig(PreTrainedConfig):
+    """Configuration of `DSAForCausalLM`. Defaults = the `tiny` preset."""
+
+    model_type: ClassVar[str] = "dsa"
+
+    vocab_size: int = 512
+    """Vocabulary size (a placeholder: callers pass vocab_size=len(tokenizer))."""
+    hidden_size: int = 128
+    """Residual stream width d."""
+    num_hidden_layers: int = 4
+    """Number of decoder blocks."""
+    num_attention_heads: int = 4
+    """Main (MLA) attention heads H."""
+    q_lora_rank: int = 64
+    """Rank of the compressed query latent c_q = RMSNorm(W_qa h); the indexer's queries read it too."""
+    kv_lora_rank: int = 64
+    """Width of the cached KV latent c_kv."""
+    qk_nope_head_dim: int = 32
+    """Per-head query/key dims without RoPE."""
+    qk_rope_head_dim: int = 16
+    """Per-head RoPE dims; the RoPE key (this many dims) is shared by all heads and cached."""
+    v_head_dim: int = 32
+    """Per-head value dims."""
+    index_n_heads: int = 4
+    """Lightning-indexer query heads H_I."""
+    index_head_dim: int = 32
+    """Lightning-indexer head dim d_I (RoPE on the first half). Must be even and d_I/2 even."""
+    index_topk: int = 32
+    """k: keys each query attends to in sparse mode."""
+    attention_mode: str = "sparse"
+    """'sparse' (DSA: indexer + top-k) or 'dense' (full causal MLA, the oracle); per-call override."""
+    attention_chunk_size: int = 1024
+    """Query rows processed at once per layer in prefill/training (bounds the B x C x S score memory)."""
+    indexer_loss_weight: float = 1.0
+    """Weight of the indexer KL loss when it is added to `output.loss` (V3.2 does not disclose it)."""
+    intermediate_size: int = 384
+    """Hidden width of the dense SwiGLU FFN (layers < first_k_dense_replace, or all when no MoE)."""
+    moe_intermediate_size: int = 128
+    """Hidden width of each routed and shared expert."""
+    n_routed_experts: int = 4
+    """Routed experts per MoE layer; 0 disables MoE (every layer gets the dense FFN)."""
+    n_shared_experts: int = 1
+    """Always-on shared experts per MoE layer."""
+    num_experts_per_tok: int = 2
+    """Routed experts chosen per token (top-k gating)."""
+    first_k_dense_replace: int = 1
+    """The first this-many layers use the dense FFN instead of MoE."""
+    moe_gate: str = "sigmoid"
+    """'sigmoid' (V3: sigmoid affinities, top-k on affinity + bias) or 'softmax' (V2)."""
+    routed_scaling_factor: float = 1.0
+    """Multiplier on the (L1-normalised) routed expert weights (V3: 2.5)."""
+    rms_norm_eps: float = 1e-6
+    """Epsilon of every RMSNorm (and the indexer key LayerNorm)."""
+    rope_theta: float = 10000.0
+    """RoPE base."""
+    max_position_embeddings: int = 4096
+    """Longest context the presets are meant for (informational: RoPE is computed on the fly)."""
+    initializer_range: float = 0.02
+    """Std of the normal init of linear and embedding weights."""
+    tie_word_embeddings: bool = False
+    """Untied LM head (tying is not supported)."""
+    use_cache: bool = True
+    """Return a decode cache from forward by default (generate() relies on it)."""
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        if self.attention_mode not in ATTENTION_MODES:
+            raise ValueError(f"attention_mode={self.attention_mode!r}: allowed {ATTENTION_MODES}")
+        if self.moe_gate not in MOE_GATES:
+            raise ValueError(f"moe_gate={self.moe_gate!r}: allowed {MOE_GATES}")
+        if self.index_head_dim % 4 != 0:
+            raise ValueError(f"index_head_dim={self.index_head_dim}: must be a multiple of 4 (half-split RoPE "
+                             "on the first half needs an even rope width)")
+        if self.qk_rope_head_dim % 2 != 0:
+            raise ValueError(f"qk_rope_head_dim={self.qk_rope_head_dim}: must be even")
+        if self.index_topk < 1 or self.attention_chunk_size < 1:
+            raise ValueError("index_topk and attention_chunk_size must be >= 1")
+        if self.n_routed_experts > 0 and not 1 <= self.num_experts_per_tok <= self.n_routed_experts:
+            raise ValueError(f"num_experts_per_tok={self.num_experts_per_tok}: must be in "
+                             f"[1, n_routed_experts={self.n_routed_experts}]")
+        if self.tie_word_embeddings:
+            raise ValueError("tie_word_embeddings=True is not supported by DSAForCausalLM")
+        super().__post_init__(**kwargs)
+
+    # ---- derived shapes -------------------------------------------------------------------------
+    @property
+    def qk_head_dim(self) -> int:
+        """Per-head query/key width of the non-absorbed attention: nope + rope."""
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    @property
+    def latent_dim(self) -> int:
+        """Width of one cached MLA entry [c_kv; k_rope] (V3.2: 512 + 64 = 576)."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+    @property
+    def use_moe(self) -> bool:
+        return self.n_routed_experts > 0
+
+    @property
+    def moe_layer_indices(self) -> list[int]:
+        """Indices of the decoder layers with an MoE FFN (routes are reported in this order)."""
+        if not self.use_moe:
+            return []
+        return list(range(self.first_k_dense_replace, self.num_hidden_layers))
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> DSAConfig:
+        """Build the named preset (see `PRESETS`), then apply `overrides` (e.g. vocab_size=len(tok))."""
+        if name not in PRESETS:
+            raise KeyError(f"unknown DSA preset {name!r}; known: {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+# The one preset table. `tiny` is the constructor defaults; the others list what differs.
+PRESETS: dict[str, dict[str, Any]] = {
+    # ~1.3 M params at vocab 512 (~2.3 M at vocab 4096): the embedded default.
+    "tiny": {},
+    # tiny without MoE: every layer has the dense SwiGLU FFN.
+    "tiny-dense-ffn": {"n_routed_experts": 0, "n_shared_experts": 0},
+    # ~20 M params (vocab 4096): a CPU-trainable step up.
+    "small": {
+        "hidden_size": 256, "num_hidden_layers": 6, "num_attention_heads": 8, "q_lora_rank": 128,
+        "kv_lora_rank": 128, "qk_nope_head_dim": 32, "qk_rope_head_dim": 16, "v_head_dim": 32,
+        "index_n_heads": 8, "index_head_dim": 32, "index_topk": 64, "intermediate_size": 768,
+        "moe_intermediate_size": 256, "n_routed_experts": 8, "num_experts_per_tok": 2,
+    },
+    # ~0.5 B total params (GPU scale).
+    "medium": {
+        "hidden_size": 1024, "num_hidden_layers": 16, "num_attention_heads": 16, "q_lora_rank": 384,
+        "kv_lora_rank": 256, "qk_nope_head_dim": 64, "qk_rope_head_dim": 32, "v_head_dim": 64,
+        "index_n_heads": 16, "index_head_dim": 64, "index_topk": 512, "intermediate_size": 2816,
+        "moe_intermediate_size": 512, "n_routed_experts": 32, "num_experts_per_tok": 4,
+        "max_position_embeddings": 32768,
+    },
+    # DeepSeek-V3.2's own shape (671 B total, ~37 B active): for FLOP accounting, never instantiate.
+    "deepseek-v3.2": {
+        "vocab_size": 129280, "hidden_size": 7168, "num_hidden_layers": 61, "num_attention_heads": 128,
+        "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+        "v_head_dim": 128, "index_n_heads": 64, "index_head_dim": 128, "index_topk": 2048,
+        "intermediate_size": 18432, "moe_intermediate_size": 2048, "n_routed_experts": 256,
+        "n_shared_experts": 1, "num_experts_per_tok": 8, "first_k_dense_replace": 3,
+        "routed_scaling_factor": 2.5, "max_position_embeddings": 163840,
+    },
+}

@@ -1,0 +1,105 @@
+"""The lightning indexer of DeepSeek Sparse Attention, and deterministic top-k token selection.
+
+    I[t, s] = sum_j w[t, j] * ReLU(q_I[t, j] . k_I[s])
+
+- `q_I` (H_I heads x d_I) is projected from the MLA query latent c_q = RMSNorm(W_qa h);
+  `k_I` (one head of d_I, shared by all indexer heads) = LayerNorm(W_k h); both get half-split RoPE
+  on their FIRST HALF of dims (layout [rope, nope]).
+- `w` = W_w h * H_I^-0.5 * d_I^-0.5 in fp32: the d_I^-0.5 of q.k is folded into w
+  (ReLU(a x) = a ReLU(x) for a > 0), so `index_scores` itself has no scale.
+- Scores are computed in fp32 whatever the model dtype.
+- Selection: causal and padding masks, then the top min(k, #allowed) keys; ties at the threshold
+  break toward the LOWER token index, exactly (torch.topk alone does not promise that): we take the
+  k-th largest value v, keep every score > v, then the lowest-index scores == v until k are chosen.
+  Returned indices are sorted ascending by position and right-padded with -1 to width k.
+
+Departures from V3.2: no Hadamard rotation and no FP8 (both speed devices; the rotation is
+orthogonal, so it changes nothing in exact arithmetic). The indexer's inputs (h, c_q) are always
+detached: it learns only from its own KL loss (see indexer_loss.py).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rl.policy.configuration import DSAConfig
+from rl.policy.layers import apply_rope
+
+
+def index_scores(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Lightning-indexer scores, any scaling already folded into q and w by the caller.
+
+    q: (B, T, H_I, d_I) queries; k: (B, S, d_I) keys (one head, shared); w: (B, T, H_I) head weights.
+    Returns (B, T, S): out[b, t, s] = sum_j w[b, t, j] * ReLU(q[b, t, j, :] . k[b, s, :]).
+    No masking here: callers mask non-causal / padded keys.
+    """
+    B, T, H, D = q.shape
+    logits = torch.matmul(q.reshape(B, T * H, D), k.transpose(1, 2))  # (B, T*H, S)
+    logits = torch.relu(logits).view(B, T, H, -1)  # (B, T, H, S)
+    return torch.matmul(w.unsqueeze(2), logits).squeeze(2)  # (B, T, 1, S) -> (B, T, S)
+
+
+def select_topk(scores: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-k key positions per query with ties broken toward the lower position.
+
+    scores: (B, T, S) index scores; allowed: (B, T, S) bool (causal, not padding); k >= 1.
+    Returns LongTensor (B, T, k): the selected positions of each query, ascending, then -1 padding
+    (a row has min(k, allowed.sum()) real entries). Deterministic for any input.
+    """
+    B, T, S = scores.shape
+    k_eff = min(k, S)
+    masked = scores.float().masked_fill(~allowed, float("-inf"))
+    threshold = masked.topk(k_eff, dim=-1).values[..., -1:]  # (B, T, 1): the k-th largest value
+    above = masked > threshold
+    at = masked == threshold
+    need = k_eff - above.sum(-1, keepdim=True)
+    chosen = (above | (at & (at.cumsum(-1) <= need))) & allowed  # (B, T, S)
+    # Turn the mask into ascending positions: the largest key (S - s) is the smallest s.
+    rank_key = torch.where(chosen, S - torch.arange(S, device=scores.device), 0)
+    key_vals, idx = rank_key.topk(k_eff, dim=-1)
+    idx = torch.where(key_vals > 0, idx, -1)
+    if k_eff < k:
+        idx = torch.cat([idx, idx.new_full((B, T, k - k_eff), -1)], dim=-1)
+    return idx
+
+
+def indices_to_mask(idx: torch.Tensor, num_keys: int) -> torch.Tensor:
+    """(B, T, k) positions with -1 padding -> (B, T, num_keys) bool mask of the selected positions."""
+    B, T, _ = idx.shape
+    target = torch.where(idx >= 0, idx, num_keys)  # padding goes to a spare column
+    mask = torch.zeros(B, T, num_keys + 1, dtype=torch.bool, device=idx.device)
+    mask.scatter_(-1, target, True)
+    return mask[..., :num_keys]
+
+
+class LightningIndexer(nn.Module):
+    """Projections of the lightning indexer (queries, keys, head weights); scoring is `index_scores`."""
+
+    def __init__(self, config: DSAConfig) -> None:
+        super().__init__()
+        self.n_heads = config.index_n_heads
+        self.head_dim = config.index_head_dim
+        self.wq = nn.Linear(config.q_lora_rank, self.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(config.hidden_size, self.head_dim, bias=False)
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=config.rms_norm_eps)
+        self.weights_proj = nn.Linear(config.hidden_size, self.n_heads, bias=False)
+        self.weight_scale = self.n_heads ** -0.5 * self.head_dim ** -0.5
+
+    def _rope_first_half(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = self.head_dim // 2
+        return torch.cat([apply_rope(x[..., :half], cos, sin), x[..., half:]], dim=-1)
+
+    def queries(self, q_latent: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """q_latent (B, T, q_lora) -> (B, T, H_I, d_I) fp32; cos/sin (B, T, d_I/4)."""
+        B, T, _ = q_latent.shape
+        q = self.wq(q_latent.detach()).view(B, T, self.n_heads, self.head_dim)  # (B, T, H_I, d_I)
+        return self._rope_first_half(q, cos.unsqueeze(2), sin.unsqueeze(2)).float()
+
+    def keys(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """h (B, T, d) -> LayerNorm'd, RoPE'd keys (B, T, d_I) in h's dtype; cos/sin (B, T, d_I/4)."""
+        k = self.k_norm(self.wk(h.detach()))
+        return self._rope_first_half(k, cos, sin)
+
+    def head_weights(self, h: torch.Tensor) -> torch.Tensor:
+        """h (B, T, d) -> w (B, T, H_I) fp32, including the H_I^-0.5 and (folded) d_I^-0.5 scales."""
+        return self.weights_proj(h.detach()).float() * self.weight_scale

@@ -1,0 +1,86 @@
+"""Feed-forward blocks: SwiGLU, and DeepSeekMoE (shared + routed experts, top-k gating).
+
+Gating (per token, E routed experts, k = num_experts_per_tok):
+- 'sigmoid' (DeepSeek-V3): affinities a = sigmoid(W_g h); experts = top-k of (a + b), where b is the
+  non-trained `e_score_correction_bias` buffer (V3's auxiliary-loss-free balancing; kept at 0 here
+  unless a trainer updates it); weights = a[experts] / sum(a[experts]) * routed_scaling_factor.
+- 'softmax' (DeepSeek-V2): a = softmax(W_g h); experts = top-k of a; weights normalised as above
+  (V2 leaves them unnormalised: our departure, so both gates give weights summing to the scale).
+No node/group-limited routing, no auxiliary balance loss, no capacity limit (nothing is dropped).
+
+Keep Routing: `forward(h, routes)` with given routes (B, T, k) uses those experts, with the gate's
+current affinities as weights (so the gate still receives gradients).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rl.policy.configuration import DSAConfig
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(dim, hidden, bias=False)
+        self.up = nn.Linear(dim, hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class MoE(nn.Module):
+    """Shared experts (always on) + top-k routed experts."""
+
+    def __init__(self, config: DSAConfig) -> None:
+        super().__init__()
+        self.n_experts = config.n_routed_experts
+        self.top_k = config.num_experts_per_tok
+        self.gate_kind = config.moe_gate
+        self.scaling = config.routed_scaling_factor
+        self.gate = nn.Linear(config.hidden_size, self.n_experts, bias=False)
+        self.register_buffer("e_score_correction_bias", torch.zeros(self.n_experts), persistent=True)
+        self.experts = nn.ModuleList(
+            SwiGLU(config.hidden_size, config.moe_intermediate_size) for _ in range(self.n_experts)
+        )
+        self.shared = (
+            SwiGLU(config.hidden_size, config.moe_intermediate_size * config.n_shared_experts)
+            if config.n_shared_experts > 0 else None
+        )
+
+    def route(self, h: torch.Tensor, routes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (B, T, d) -> (routes (B, T, k) long, weights (B, T, k) fp32)."""
+        logits = self.gate(h).float()  # (B, T, E)
+        if self.gate_kind == "sigmoid":
+            affinity = torch.sigmoid(logits)
+            choice = affinity + self.e_score_correction_bias.float()
+        else:
+            affinity = torch.softmax(logits, dim=-1)
+            choice = affinity
+        if routes is None:
+            routes = choice.topk(self.top_k, dim=-1).indices
+        weights = affinity.gather(-1, routes)
+        weights = weights / weights.sum(-1, keepdim=True) * self.scaling
+        return routes, weights
+
+    def forward(self, h: torch.Tensor, routes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (B, T, d); routes: optional (B, T, k) to enforce. Returns (out (B, T, d), routes)."""
+        B, T, d = h.shape
+        routes, weights = self.route(h, routes)
+        flat = h.reshape(B * T, d)
+        flat_routes = routes.reshape(B * T, self.top_k)
+        flat_w = weights.reshape(B * T, self.top_k).to(h.dtype)
+        out = torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            # Experts with no tokens still run (on 0 rows): every parameter joins every step's graph,
+            # which ZeRO-3's parameter hooks expect to be the same on all ranks.
+            token, slot = (flat_routes == e).nonzero(as_tuple=True)
+            y = expert(flat.index_select(0, token)) * flat_w[token, slot].unsqueeze(-1)
+            out = out.index_add(0, token, y)
+        if self.shared is not None:
+            out = out + self.shared(flat)
+        return out.view(B, T, d), routes

@@ -15,8 +15,8 @@ feels the KL penalty and still counts in the 1/G.
 Conventions: B sequences (rows) of T positions; ``token_mask (B, T)`` is 1 on tokens that are
 trained on (sampled by the policy) and 0 on prompt, tool output and padding. Values at masked
 positions are never read: they are replaced by 0 before any arithmetic, so an inf or nan there
-cannot leak into the loss or its gradient. No function here calls ``.item()`` or syncs the host,
-except ``torch.unique`` in the advantages.
+cannot leak into the loss or its gradient. No function here calls ``.item()`` or otherwise waits
+for the device.
 """
 from __future__ import annotations
 
@@ -42,12 +42,14 @@ def _restricted_logits(logits: Tensor, sampling_mask: Tensor | None, temperature
     float (not -inf: an empty row then stays finite, and ``0 * x`` stays 0). Kept-ids form: returns
     the gathered ``(B, T, K)`` logits of the kept ids and the ``(B, T, K)`` validity mask.
     """
-    if sampling_mask is None or sampling_mask.dtype == torch.bool:
+    if sampling_mask is None:
+        x = logits.to(torch.float32)  # no copy for fp32 logits at temperature 1
+        return (x if temperature == 1.0 else x / temperature), None
+    if sampling_mask.dtype == torch.bool:
         x = logits.to(torch.float32, copy=True)  # the one (B, T, V) float copy; ops below in place
         if temperature != 1.0:
             x.div_(temperature)
-        if sampling_mask is not None:
-            x.masked_fill_(~sampling_mask, torch.finfo(torch.float32).min)
+        x.masked_fill_(~sampling_mask, torch.finfo(torch.float32).min)
         return x, None
     valid = sampling_mask >= 0  # (B, T, K)
     x = logits.gather(-1, sampling_mask.clamp_min(0)).to(torch.float32) / temperature  # (B, T, K)
@@ -66,7 +68,7 @@ def masked_log_probs(logits: Tensor, token_ids: Tensor, sampling_mask: Tensor | 
     Args:
         logits: ``(B, T, V)``, any float dtype; position t scores ``token_ids[:, t]``.
         token_ids: ``(B, T)`` int64 taken tokens.
-        sampling_mask: the kept set per position, in one of two forms:
+        sampling_mask: the kept set per position, in one of three forms:
             * None: the full vocabulary (no top-p / top-k);
             * bool, broadcastable to ``(B, T, V)``, True = kept;
             * int64 ``(B, T, K)`` kept token ids, right-padded with -1 (the compact form for top-k
@@ -77,8 +79,9 @@ def masked_log_probs(logits: Tensor, token_ids: Tensor, sampling_mask: Tensor | 
         ``(B, T)`` fp32. A position whose kept set is empty (padding, prompt) gets 0; a taken
         token outside a non-empty kept set gets -inf (the rollout record is inconsistent).
 
-    Memory: the dense path makes one fp32 ``(B, T, V)`` copy (kept for backward) plus a bool mask;
-    the ids path only ``(B, T, K)`` tensors.
+    Memory kept for backward, beyond the logits: dense mask, one fp32 ``(B, T, V)`` copy plus the
+    inverted bool mask (5 bytes per logit); kept ids, only ``(B, T, K)`` tensors; no mask, nothing
+    for fp32 logits at temperature 1, else one fp32 copy.
     """
     x, valid = _restricted_logits(logits, sampling_mask, temperature)
     idx = token_ids.unsqueeze(-1)  # (B, T, 1)

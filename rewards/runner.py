@@ -1,0 +1,556 @@
+"""Scoring a batch with several reward terms, safely: timeouts, errors, parallel workers.
+
+``RewardRunner(terms, timeout_s, num_workers, on_error, max_error_rate).score(prompts,
+completions, fields)`` returns a :class:`RewardResult`: the weighted total per sample, each
+term's values, and a record of every failed (term, sample) with the sample's text and the reason.
+
+How a step runs (the guarantees the loop relies on):
+
+* Each term is called on contiguous chunks of the batch (``num_workers`` chunks), all chunks of
+  all terms in parallel over ``num_workers`` workers; the calling thread only waits.
+* **Deadline**: every call of a step shares one deadline, ``timeout_s`` after the step starts
+  (calls still queued then are timed out too). A call that raised or returned a malformed list
+  on a chunk of several samples is retried sample by sample to find the offending sample; the
+  retries share a second deadline of ``timeout_s``. So ``score`` returns within about
+  ``2 * timeout_s`` whatever the rewards do: ``timeout_s`` is a per-batch budget.
+* **Errors** (an exception, a timeout, a wrong-length or non-list result, a None / NaN / inf /
+  non-number value) make that (term, sample) score 0 and are recorded. ``on_error="raise"`` stops
+  at the first with :class:`RewardError`; ``"count"`` continues unless the step's error rate
+  (failed pairs / (terms x samples)) exceeds ``max_error_rate``.
+* **Isolation** ``"process"`` (default): terms found by name, entry point or dotted path run in
+  worker processes that re-import them; a call past the deadline gets its worker's whole process
+  group killed and a fresh worker started, so a hung reward leaks nothing. Callables passed
+  directly (lambdas, closures) cannot be re-imported and run in threads. ``"thread"``: every
+  term runs in threads (for rewards that must share the caller's memory, e.g. a model on the
+  GPU). A thread cannot be killed: a hung one is abandoned and counted, and once ``max_hung``
+  abandoned threads are still alive the runner refuses further calls (errors, so the error-rate
+  check stops the run) instead of leaking without bound. ``async def`` rewards are awaited with
+  the deadline and cancelled cleanly in both modes.
+
+Not in the paper: V3.2 does not describe its reward infrastructure.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import math
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable, Mapping, Sequence
+
+from rewards.registry import RewardFn, import_callable, load_reward
+
+Outcome = tuple[str, Any]
+"""``("ok", raw_values)``, ``("error", text)`` or ``("timeout", text)`` for one call."""
+
+
+class RewardError(RuntimeError):
+    """A reward failed and the run must stop (``on_error="raise"`` or the error rate was exceeded)."""
+
+    def __init__(self, message: str, result: "RewardResult | None" = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class RewardTerm:
+    """One weighted term of the total reward."""
+
+    name: str
+    """The term's name in logs and results (the config key, e.g. ``correct``)."""
+    fn: RewardFn
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments bound to ``fn`` (e.g. ``{"target": 512}``)."""
+    spec: tuple[str, str] | None = None
+    """``("name", x)`` or ``("target", "pkg.mod.fn")``: how a worker process re-imports ``fn``."""
+
+    @classmethod
+    def from_config(cls, term: str, spec: Mapping[str, Any]) -> "RewardTerm":
+        """From plain config values: ``{"name" | "_target_": ..., "weight": w, "kwargs": {...}}``."""
+        unknown = set(spec) - {"name", "_target_", "weight", "kwargs"}
+        if unknown:
+            raise ValueError(f"reward term {term!r}: unknown keys {sorted(unknown)} "
+                             "(allowed: name, _target_, weight, kwargs)")
+        name, target = spec.get("name"), spec.get("_target_")  # both optional keys of a term
+        try:
+            fn = load_reward(name=name, target=target)
+        except (KeyError, ImportError, ValueError, TypeError) as e:
+            raise ValueError(f"reward term {term!r}: {e.args[0] if e.args else e}") from e
+        weight = float(spec["weight"]) if "weight" in spec else 1.0
+        if not math.isfinite(weight):
+            raise ValueError(f"reward term {term!r}: weight must be finite, got {weight}")
+        kind_value = ("name", name) if name is not None else ("target", target)
+        return cls(term, fn, weight, dict(spec.get("kwargs") or {}), kind_value)  # type: ignore[arg-type]
+
+
+def _importable_spec(fn: RewardFn) -> tuple[str, str] | None:
+    """A dotted path that imports back to ``fn`` (None for lambdas, closures, bound methods...)."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not module or not qualname or "<" in qualname or module == "__main__":
+        return None
+    try:
+        return ("target", f"{module}:{qualname}") if import_callable(f"{module}:{qualname}") is fn else None
+    except Exception:  # noqa: BLE001 - not importable: run it in a thread instead
+        return None
+
+
+def invoke_reward(fn: RewardFn, prompts: list, completions: list, fields: dict[str, list],
+                  kwargs: dict[str, Any], timeout_s: float | None) -> Any:
+    """Call one reward on one chunk; an ``async`` reward is awaited with ``timeout_s``."""
+    out = fn(prompts, completions, **fields, **kwargs)
+    if inspect.isawaitable(out):
+        async def bounded() -> Any:
+            return await asyncio.wait_for(out, timeout=timeout_s)
+        out = asyncio.run(bounded())
+    return out
+
+
+@dataclass
+class RewardErrorRecord:
+    """One failed (term, sample): what failed, why, and the sample (texts cut to 300 chars)."""
+
+    term: str
+    index: int
+    kind: str
+    """``exception``, ``timeout``, ``bad_value`` (None/NaN/inf/not a number), ``bad_output``
+    (not a list, or wrong length), ``worker`` (the worker process died or could not start)."""
+    reason: str
+    prompt: str
+    completion: str
+
+    def __str__(self) -> str:
+        return (f"term {self.term!r}, sample {self.index}: {self.kind}: {self.reason} "
+                f"| completion: {self.completion[:120]!r}")
+
+
+@dataclass
+class RewardResult:
+    """Scores of one batch of B samples."""
+
+    totals: list[float]
+    """(B,) weighted sum of the terms; a failed term contributes 0."""
+    per_term: dict[str, list[float]]
+    """term -> (B,) unweighted values, 0.0 where the term failed."""
+    ok: dict[str, list[bool]]
+    """term -> (B,) False where the term failed on the sample."""
+    errors: list[RewardErrorRecord]
+    seconds: float
+    """Wall-clock time of the scoring."""
+
+    @property
+    def num_errors(self) -> int:
+        return len(self.errors)
+
+    @property
+    def error_rate(self) -> float:
+        pairs = sum(len(v) for v in self.ok.values())
+        return len(self.errors) / pairs if pairs else 0.0
+
+    def metrics(self) -> dict[str, float]:
+        """Scalars to log: ``reward/mean``, ``reward/<term>/mean`` (over samples where the term
+        succeeded), ``reward/<term>/errors``, ``reward/errors``, ``reward/timeouts``,
+        ``reward/error_rate``, ``reward/seconds``."""
+        out = {"reward/mean": sum(self.totals) / len(self.totals) if self.totals else 0.0}
+        for term, values in self.per_term.items():
+            good = [v for v, ok in zip(values, self.ok[term]) if ok]
+            out[f"reward/{term}/mean"] = sum(good) / len(good) if good else 0.0
+            out[f"reward/{term}/errors"] = float(self.ok[term].count(False))
+        out["reward/errors"] = float(self.num_errors)
+        out["reward/timeouts"] = float(sum(e.kind == "timeout" for e in self.errors))
+        out["reward/error_rate"] = self.error_rate
+        out["reward/seconds"] = self.seconds
+        return out
+
+
+@dataclass
+class _Call:
+    term: int
+    indices: list[int]
+
+
+class _ThreadBackend:
+    """Calls in daemon threads; hung ones are abandoned, counted and capped at ``max_hung``."""
+
+    def __init__(self, num_workers: int, max_hung: int) -> None:
+        self.num_workers, self.max_hung = num_workers, max_hung
+        self.hung: list[threading.Thread] = []
+
+    def run(self, jobs: list[Callable[[float], Any]], deadline: float) -> list[Outcome]:
+        self.hung = [t for t in self.hung if t.is_alive()]
+        if len(self.hung) >= self.max_hung:
+            why = (f"{len(self.hung)} reward calls from earlier steps are still running past their timeout "
+                   "(threads cannot be killed); refusing to start more. Fix the hanging reward or use "
+                   "isolation='process'")
+            return [("error", why)] * len(jobs)
+        results: list[Outcome | None] = [None] * len(jobs)
+        queue = collections.deque(range(len(jobs)))
+        busy: dict[threading.Thread, int] = {}
+        cond = threading.Condition()
+        stopped = False
+
+        def work() -> None:
+            me = threading.current_thread()
+            while True:
+                with cond:
+                    if stopped or not queue:
+                        return
+                    i = queue.popleft()
+                    busy[me] = i
+                try:
+                    out: Outcome = ("ok", jobs[i](deadline))
+                except asyncio.TimeoutError:
+                    out = ("timeout", "async reward cancelled at the deadline")
+                except BaseException as e:  # noqa: BLE001 - the reward's failure, recorded per sample
+                    out = ("error", f"{type(e).__name__}: {e}")
+                with cond:
+                    busy.pop(me, None)
+                    if not stopped:
+                        results[i] = out
+                    cond.notify_all()
+
+        threads = [threading.Thread(target=work, daemon=True, name=f"reward-{k}")
+                   for k in range(min(self.num_workers, len(jobs)))]
+        for t in threads:
+            t.start()
+        with cond:
+            while any(r is None for r in results) and time.monotonic() < deadline:
+                cond.wait(timeout=max(0.0, deadline - time.monotonic()))
+            stopped = True
+            self.hung += [t for t in busy]
+        return [r if r is not None else ("timeout", "did not finish before the step's deadline") for r in results]
+
+
+class _Worker:
+    """One reward worker process (``python -m rewards._worker``) and its socket."""
+
+    def __init__(self, specs: dict[str, tuple[str, str]]) -> None:
+        parent, child = socket.socketpair()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        self.proc = subprocess.Popen([sys.executable, "-m", "rewards._worker", str(child.fileno())],
+                                     pass_fds=(child.fileno(),), start_new_session=True, env=env)
+        child.close()
+        self.conn = Connection(parent.detach())
+        self.conn.send(("init", list(sys.path), specs))
+        self.ready = False
+        self.init_error: str | None = None
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the worker and anything it started
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self.conn.close()
+
+
+class _ProcessBackend:
+    """Calls in ``num_workers`` worker processes; a worker busy at the deadline is killed and replaced."""
+
+    def __init__(self, num_workers: int, specs: dict[str, tuple[str, str]], startup_timeout_s: float) -> None:
+        self.specs, self.startup_timeout_s = specs, startup_timeout_s
+        self.workers = [_Worker(specs) for _ in range(num_workers)]
+        self.call_id = 0
+        self._finalizer = weakref.finalize(self, _kill_all, self.workers)
+
+    def _await_ready(self) -> None:
+        end = time.monotonic() + self.startup_timeout_s
+        for k, w in enumerate(self.workers):
+            while not w.ready and w.init_error is None:
+                if not w.conn.poll(max(0.0, end - time.monotonic())):
+                    w.init_error = f"the reward worker did not start within {self.startup_timeout_s} s"
+                    break
+                try:
+                    msg = w.conn.recv()
+                except EOFError:
+                    w.init_error = f"the reward worker exited while starting (exit code {w.proc.wait()})"
+                    break
+                w.ready = msg[0] == "ready"
+                w.init_error = None if w.ready else msg[1]
+
+    def prepare(self) -> None:
+        """Wait until every worker has imported its rewards (outside the step's deadline)."""
+        self._await_ready()
+        for k, w in enumerate(self.workers):
+            if w.init_error is not None:  # a start-up failure: try a fresh worker once per step
+                w.kill()
+                self.workers[k] = _Worker(self.specs)
+        self._await_ready()
+
+    def run(self, payloads: list[tuple[str, dict, list, list, dict]], deadline: float) -> list[Outcome]:
+        results: list[Outcome | None] = [None] * len(payloads)
+        queue = collections.deque(range(len(payloads)))
+        running: dict[int, tuple[int, int]] = {}  # worker index -> (call id, payload index)
+        while queue or running:
+            for k, w in enumerate(self.workers):
+                if queue and k not in running:
+                    if not w.ready:
+                        i = queue.popleft()
+                        results[i] = ("error", f"reward worker unavailable: {w.init_error}")
+                        continue
+                    i = queue.popleft()
+                    self.call_id += 1
+                    term, kwargs, prompts, completions, fields = payloads[i]
+                    try:
+                        w.conn.send(("call", self.call_id, term, kwargs, prompts, completions, fields,
+                                     max(0.0, deadline - time.monotonic())))
+                    except (pickle.PicklingError, TypeError, AttributeError) as e:
+                        results[i] = ("error", f"prompts/completions/fields cannot be sent to a worker: {e}")
+                        continue
+                    running[k] = (self.call_id, i)
+            if not running:
+                continue
+            ready = wait([self.workers[k].conn for k in running], timeout=max(0.0, deadline - time.monotonic()))
+            for k in list(running):
+                w = self.workers[k]
+                if w.conn not in ready:
+                    continue
+                call_id, i = running.pop(k)
+                try:
+                    _, got_id, status, value = w.conn.recv()
+                    results[i] = (status, value)
+                except (EOFError, OSError):
+                    results[i] = ("error", f"the reward worker process died (exit code {w.proc.wait()})")
+                    self.workers[k] = _Worker(self.specs)
+            if time.monotonic() >= deadline and running:
+                for k, (_, i) in running.items():  # hung: kill the worker's process group, start afresh
+                    results[i] = ("timeout", "did not finish before the step's deadline (worker killed)")
+                    self.workers[k].kill()
+                    self.workers[k] = _Worker(self.specs)
+                running.clear()
+                for i in queue:
+                    results[i] = ("timeout", "still queued at the step's deadline")
+                queue.clear()
+        return [r if r is not None else ("error", "internal: no result") for r in results]
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _kill_all(workers: list[_Worker]) -> None:
+    for w in workers:
+        w.kill()
+
+
+def _check_values(raw: Any, k: int) -> tuple[str | None, list[float | str]]:
+    """Validate a reward's return for a chunk of ``k``: (whole-call problem, per-sample value or problem)."""
+    if isinstance(raw, (str, bytes, dict)) or not hasattr(raw, "__len__") or not hasattr(raw, "__iter__"):
+        return f"returned a {type(raw).__name__}, expected a list of {k} floats", []
+    if len(raw) != k:
+        return f"returned {len(raw)} values for {k} samples", []
+    out: list[float | str] = []
+    for v in raw:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            out.append(f"value {v!r} is not a number")
+            continue
+        out.append(f if math.isfinite(f) else f"value is {f}")
+    return None, out
+
+
+class RewardRunner:
+    """Scores batches with weighted reward terms (see the module docstring for the guarantees).
+
+    Args:
+        terms: ``{term_name: {"name" | "_target_": ..., "weight": w, "kwargs": {...}}}`` (the
+            config's plain values) or a list of :class:`RewardTerm`.
+        timeout_s: per-step budget of every reward call (see the module docstring).
+        num_workers: calls run at once (worker processes or threads).
+        on_error: ``"count"`` (score 0, record, continue) or ``"raise"`` (stop at once).
+        max_error_rate: with ``"count"``, stop when a step's failed fraction exceeds this.
+        isolation: ``"process"`` or ``"thread"``.
+        max_hung: thread mode: abandoned (hung) calls tolerated before refusing new calls.
+        startup_timeout_s: how long a worker process may take to import its rewards.
+
+    >>> runner = RewardRunner({"len": {"name": "length_penalty", "kwargs": {"target": 2}}},
+    ...                       timeout_s=5, num_workers=1, isolation="thread")
+    >>> runner.score(["p", "p"], ["ab", "abcd"]).totals
+    [0.0, -1.0]
+    """
+
+    def __init__(self, terms: Mapping[str, Mapping[str, Any]] | Sequence[RewardTerm], timeout_s: float = 10.0,
+                 num_workers: int = 2, on_error: str = "count", max_error_rate: float = 0.5,
+                 isolation: str = "process", max_hung: int | None = None,
+                 startup_timeout_s: float = 120.0) -> None:
+        if on_error not in ("count", "raise"):
+            raise ValueError(f"on_error must be 'count' or 'raise', got {on_error!r}")
+        if isolation not in ("process", "thread"):
+            raise ValueError(f"isolation must be 'process' or 'thread', got {isolation!r}")
+        if not timeout_s > 0 or num_workers < 1 or not 0.0 <= max_error_rate <= 1.0:
+            raise ValueError(f"need timeout_s > 0, num_workers >= 1, 0 <= max_error_rate <= 1 (got "
+                             f"{timeout_s}, {num_workers}, {max_error_rate})")
+        if isinstance(terms, Mapping):
+            self.terms = [RewardTerm.from_config(name, spec) for name, spec in terms.items()]
+        else:
+            self.terms = list(terms)
+        if len({t.name for t in self.terms}) != len(self.terms):
+            raise ValueError(f"reward term names must be unique: {[t.name for t in self.terms]}")
+        self.timeout_s, self.on_error, self.max_error_rate = timeout_s, on_error, max_error_rate
+        self.isolation = isolation
+        specs = {t.name: t.spec or _importable_spec(t.fn) for t in self.terms} if isolation == "process" else {}
+        self._in_process = {name: spec for name, spec in specs.items() if spec is not None}
+        self._threads = _ThreadBackend(num_workers, max_hung if max_hung is not None else 2 * num_workers)
+        self._procs = (_ProcessBackend(num_workers, self._in_process, startup_timeout_s)  # type: ignore[arg-type]
+                       if self._in_process else None)
+        self.num_workers = num_workers
+        for t in self.terms:  # rewards that run here: do their slow set-up now, not in step 1
+            warmup = getattr(t.fn, "warmup", None)
+            if t.name not in self._in_process and callable(warmup):
+                warmup()
+        self._submitter: ThreadPoolExecutor | None = None
+
+    # -- public API -------------------------------------------------------------------------
+
+    def score(self, prompts: Sequence[Any], completions: Sequence[str],
+              fields: Mapping[str, Sequence[Any]] | None = None) -> RewardResult:
+        """Score B samples. ``fields``: name -> (B,) values (dataset columns, trajectory info)."""
+        start = time.monotonic()
+        prompts, completions = list(prompts), list(completions)
+        b = len(completions)
+        fields = {k: list(v) for k, v in (fields or {}).items()}
+        if len(prompts) != b or any(len(v) != b for v in fields.values()):
+            lens = {k: len(v) for k, v in fields.items()}
+            raise ValueError(f"score: {len(prompts)} prompts, {b} completions, field lengths {lens}: all must be {b}")
+        for t in self.terms:
+            clash = set(t.kwargs) & set(fields)
+            if clash:
+                raise ValueError(f"reward term {t.name!r}: kwargs {sorted(clash)} clash with fields of the same name")
+        values = {t.name: [0.0] * b for t in self.terms}
+        ok = {t.name: [False] * b for t in self.terms}
+        errors: list[RewardErrorRecord] = []
+        if b:
+            n_chunks = min(self.num_workers, b)
+            bounds = [round(j * b / n_chunks) for j in range(n_chunks + 1)]
+            calls = [_Call(ti, list(range(bounds[j], bounds[j + 1]))) for ti in range(len(self.terms))
+                     for j in range(n_chunks)]
+            retry: list[_Call] = []
+            for call, outcome in zip(calls, self._execute(calls, prompts, completions, fields)):
+                problem = self._record(call, outcome, values, ok, errors, prompts, completions, final=False)
+                if problem:
+                    retry += [_Call(call.term, [i]) for i in call.indices]
+            for call, outcome in zip(retry, self._execute(retry, prompts, completions, fields)):
+                self._record(call, outcome, values, ok, errors, prompts, completions, final=True)
+        errors.sort(key=lambda e: (e.index, e.term))
+        totals = [sum(t.weight * values[t.name][i] for t in self.terms) + 0.0 for i in range(b)]
+        result = RewardResult(totals, values, ok, errors, time.monotonic() - start)
+        self._maybe_raise(result)
+        return result
+
+    def submit(self, prompts: Sequence[Any], completions: Sequence[str],
+               fields: Mapping[str, Sequence[Any]] | None = None) -> "Future[RewardResult]":
+        """:meth:`score` in a background thread (to overlap scoring with other work)."""
+        if self._submitter is None:
+            self._submitter = ThreadPoolExecutor(1, thread_name_prefix="reward-submit")
+        return self._submitter.submit(self.score, prompts, completions, fields)
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        if self._procs is not None:
+            self._procs.close()
+            self._procs = None
+        if self._submitter is not None:
+            self._submitter.shutdown(wait=False)
+
+    def __enter__(self) -> "RewardRunner":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _execute(self, calls: list[_Call], prompts: list, completions: list,
+                 fields: dict[str, list]) -> list[Outcome]:
+        """Run calls on their backends under one deadline; outcomes in call order."""
+        if not calls:
+            return []
+        if self._procs is not None:
+            self._procs.prepare()
+        deadline = time.monotonic() + self.timeout_s
+        outcomes: list[Outcome | None] = [None] * len(calls)
+        proc_idx = [j for j, c in enumerate(calls) if self.terms[c.term].name in self._in_process]
+        thread_idx = [j for j, c in enumerate(calls) if self.terms[c.term].name not in self._in_process]
+
+        def sliced(c: _Call) -> tuple[list, list, dict[str, list]]:
+            return ([prompts[i] for i in c.indices], [completions[i] for i in c.indices],
+                    {k: [v[i] for i in c.indices] for k, v in fields.items()})
+
+        def thread_job(c: _Call) -> Callable[[float], Any]:
+            term = self.terms[c.term]
+            p, comp, f = sliced(c)
+            return lambda dl: invoke_reward(term.fn, p, comp, f, term.kwargs, max(0.0, dl - time.monotonic()))
+
+        def run_threads() -> None:
+            for j, out in zip(thread_idx, self._threads.run([thread_job(calls[j]) for j in thread_idx], deadline)):
+                outcomes[j] = out
+
+        helper = None
+        if thread_idx and proc_idx:
+            helper = threading.Thread(target=run_threads, daemon=True)
+            helper.start()
+        elif thread_idx:
+            run_threads()
+        if proc_idx:
+            assert self._procs is not None
+            payloads = [(self.terms[calls[j].term].name, self.terms[calls[j].term].kwargs, *sliced(calls[j]))
+                        for j in proc_idx]
+            for j, out in zip(proc_idx, self._procs.run(payloads, deadline)):  # type: ignore[arg-type]
+                outcomes[j] = out
+        if helper is not None:
+            helper.join()
+        return [o if o is not None else ("error", "internal: no outcome") for o in outcomes]
+
+    def _record(self, call: _Call, outcome: Outcome, values: dict, ok: dict, errors: list,
+                prompts: list, completions: list, final: bool) -> bool:
+        """Store a call's values or errors; True when the call should be retried per sample."""
+        term = self.terms[call.term]
+        status, payload = outcome
+        if status == "ok":
+            problem, per_sample = _check_values(payload, len(call.indices))
+            if problem is None:
+                for i, v in zip(call.indices, per_sample):
+                    if isinstance(v, str):
+                        errors.append(self._error(term.name, i, "bad_value", v, prompts, completions))
+                    else:
+                        values[term.name][i], ok[term.name][i] = v, True
+                return False
+            kind, reason = "bad_output", problem
+        elif status == "timeout":
+            kind, reason = "timeout", f"{payload} (timeout_s={self.timeout_s})"
+            final = True  # retrying a hanging reward would only stall the step again
+        else:
+            kind, reason = ("worker" if "worker" in str(payload) else "exception"), str(payload)
+        if not final and len(call.indices) > 1:
+            return True
+        if len(call.indices) > 1:
+            reason += f" (on a chunk of {len(call.indices)} samples)"
+        for i in call.indices:
+            errors.append(self._error(term.name, i, kind, reason, prompts, completions))
+        return False
+
+    @staticmethod
+    def _error(term: str, i: int, kind: str, reason: str, prompts: list, completions: list) -> RewardErrorRecord:
+        return RewardErrorRecord(term, i, kind, reason, str(prompts[i])[:300], str(completions[i])[:300])
+
+    def _maybe_raise(self, result: RewardResult) -> None:
+        if not result.errors:
+            return
+        first = "; ".join(str(e) for e in result.errors[:3])
+        if self.on_error == "raise":
+            raise RewardError(f"reward failed ({result.num_errors} error(s), on_error='raise'): {first}", result)
+        if result.error_rate > self.max_error_rate:
+            raise RewardError(f"reward error rate {result.error_rate:.2f} exceeds max_error_rate "
+                              f"{self.max_error_rate} ({result.num_errors} failed (term, sample) pairs); "
+                              f"first: {first}", result)

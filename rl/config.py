@@ -1,0 +1,362 @@
+"""Typed run configuration: one dataclass per Hydra config group, validated at start-up.
+
+Every default lives here, once. The YAML files under ``configs/`` name the options of each group
+and set only what distinguishes an option from these defaults (``deepspeed/zero3.yaml`` sets
+``zero_stage: 3`` and nothing else). Hydra checks key names and types against these dataclasses
+when it composes the config (a misspelt key fails there); :func:`validate` then checks every value
+against the limits declared in each field's metadata and raises :class:`ConfigError` with one line
+naming the key, the bad value and what is allowed.
+
+Field docs sit directly under each field (cleanrl style).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message is one line naming key, value and fix."""
+
+
+def _f(default: Any = dataclasses.MISSING, *, factory: Any = None, ge: float | None = None,
+       gt: float | None = None, le: float | None = None, lt: float | None = None,
+       choices: tuple[Any, ...] | None = None) -> Any:
+    """A dataclass field with validation limits in its metadata (checked by :func:`validate`)."""
+    meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices).items() if v is not None}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    """Named shape from ``rl.policy`` presets (used when ``path`` is unset)."""
+    path: Optional[str] = None
+    """A saved policy: local directory or hub id (a DSA model, or one converted to DSA)."""
+    tokenizer: Optional[str] = None
+    """Tokenizer directory or hub id; unset = ``path``'s tokenizer, or the embedded one."""
+    attention_mode: str = _f("sparse", choices=("sparse", "dense"))
+    """``sparse``: DSA top-k attention; ``dense``: full causal MLA (oracle, dense warm-up)."""
+    index_topk: Optional[int] = _f(None, ge=1)
+    """Override the preset's number of selected tokens per query."""
+    dtype: str = _f("float32", choices=("float32", "bfloat16", "float16"))
+    """Parameter / compute dtype (use float32 on CPU: bf16 there is ~3x slower)."""
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = _f("grpo", choices=("grpo",))
+    """RL algorithm."""
+    group_size: int = _f(8, ge=2)
+    """G: samples per prompt; advantages are relative within a group."""
+    advantage: str = "grpo"
+    """Advantage estimator (registry name in ``rl.advantages``)."""
+    scale_by_std: bool = False
+    """Divide group-relative advantages by the group's std (V3.2 does not)."""
+    policy_loss: str = "grpo"
+    """Policy loss (registry name in ``rl.losses``)."""
+    loss_agg: str = "seq_mean_token_mean"
+    """Aggregation over tokens and sequences (registry name in ``rl.losses``)."""
+    clip_low: float = _f(0.2, ge=0.0, lt=1.0)
+    """Ratio clip below: r >= 1 - clip_low."""
+    clip_high: float = _f(0.28, ge=0.0)
+    """Ratio clip above: r <= 1 + clip_high."""
+    kl_estimator: str = "unbiased_k3"
+    """KL estimator (registry name in ``rl.losses``): k1, k2, k3, unbiased_k3."""
+    kl_coef: float = _f(0.0, ge=0.0)
+    """beta. 0 skips the reference policy entirely (V3.2 uses weak or zero KL for math)."""
+    off_policy_mask: bool = True
+    """Mask negative-advantage sequences whose mean log(pi_old/pi_theta) exceeds ``off_policy_delta``."""
+    off_policy_delta: float = _f(0.05, ge=0.0)
+    """delta of the off-policy sequence mask (not disclosed by V3.2)."""
+    keep_sampling_mask: bool = True
+    """Apply the sampler's top-p/top-k kept set to pi_theta and pi_ref in training."""
+    keep_routing: bool = True
+    """Enforce the sampler's MoE expert routes in the training forward pass."""
+    keep_indexing: bool = False
+    """Enforce the sampler's DSA top-k selections in the training forward pass."""
+    indexer_loss_weight: float = _f(0.0, ge=0.0)
+    """Weight of the sparse-stage indexer KL added during RL (0 = off)."""
+    lr: float = _f(2e-5, gt=0.0)
+    """AdamW learning rate."""
+    weight_decay: float = _f(0.0, ge=0.0)
+    """AdamW weight decay."""
+    warmup_steps: int = _f(5, ge=0)
+    """Linear LR warm-up, in optimizer steps."""
+    grad_clip: float = _f(1.0, gt=0.0)
+    """Global gradient-norm clip."""
+    epochs_per_batch: int = _f(1, ge=1)
+    """Passes over each rollout batch."""
+    mini_batch_size: int = _f(64, ge=1)
+    """Trajectories per optimizer step (several mini-batches = several updates per rollout batch)."""
+    micro_batch_size: int = _f(16, ge=1)
+    """Trajectories per forward/backward (gradient accumulation up to ``mini_batch_size``)."""
+
+
+@dataclass
+class RolloutConfig:
+    num_workers: int = _f(1, ge=1)
+    """Ray rollout actors."""
+    prompts_per_step: int = _f(8, ge=1)
+    """B: prompts sampled per GRPO step (each run ``group_size`` times)."""
+    max_new_tokens: int = _f(64, ge=1)
+    """Response length limit per turn."""
+    temperature: float = _f(1.0, gt=0.0)
+    """Sampling temperature."""
+    top_p: float = _f(1.0, gt=0.0, le=1.0)
+    """Nucleus truncation (1 = off)."""
+    top_k: int = _f(0, ge=0)
+    """Top-k truncation (0 = off)."""
+    stop: list[str] = _f(factory=list)
+    """Extra stop strings (the tokenizer's end-of-turn token always stops)."""
+    record_routes: bool = True
+    """Record MoE routes per sampled token (needed by Keep Routing)."""
+    record_topk: bool = False
+    """Record DSA selections per sampled token (needed by keep_indexing)."""
+    batch_size: int = _f(64, ge=1)
+    """Sequences a worker decodes at once."""
+
+
+@dataclass
+class SynthMathConfig:
+    num_train: int = _f(10_000, ge=1)
+    """Training problems generated."""
+    num_test: int = _f(1_000, ge=1)
+    """Held-out problems generated (disjoint from train)."""
+    levels: list[int] = _f(factory=lambda: [1, 2, 3, 4])
+    """Difficulty levels to mix (see ``rl.data``)."""
+    seed: int = 0
+    """Generator seed (the data set is a pure function of this config)."""
+
+
+@dataclass
+class DataConfig:
+    source: str = "synth_math"
+    """``synth_math`` (embedded generator), a local .json/.jsonl/.parquet file or directory, or a hub id."""
+    train_split: str = "train"
+    """Split used for training (files and hub sets)."""
+    test_split: Optional[str] = "test"
+    """Held-out split for evaluation; unset = no evaluation set."""
+    prompt_column: str = "prompt"
+    """Column holding the prompt text (or chat messages)."""
+    answer_column: Optional[str] = "answer"
+    """Column holding the reference answer (passed to rewards as ``answer``)."""
+    test_size: int = _f(200, ge=1)
+    """Held-out problems used per evaluation."""
+    synth: SynthMathConfig = field(default_factory=SynthMathConfig)
+    """Settings of the embedded math generator."""
+    cache_dir: Optional[str] = None
+    """Where generated data sets are cached; unset = ``$DSA_RL_CACHE`` or ``~/.cache/dsa-rl``."""
+
+
+@dataclass
+class RewardTermConfig:
+    name: Optional[str] = None
+    """A built-in reward name or an entry-point name in group ``dsa_rl.rewards``."""
+    _target_: Optional[str] = None
+    """A dotted import path to a reward callable (instead of ``name``)."""
+    weight: float = 1.0
+    """Weight of this term in the total reward."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments bound to the reward function."""
+
+
+@dataclass
+class RewardsConfig:
+    terms: dict[str, RewardTermConfig] = field(default_factory=dict)
+    """Named reward terms; the reward is their weighted sum (each term is logged)."""
+    timeout_s: float = _f(10.0, gt=0.0)
+    """Per-batch timeout of a reward function."""
+    num_workers: int = _f(2, ge=1)
+    """Reward evaluations run in parallel."""
+    on_error: str = _f("count", choices=("count", "raise"))
+    """``count``: score 0 and count the error; ``raise``: stop the run."""
+    max_error_rate: float = _f(0.5, ge=0.0, le=1.0)
+    """Stop the run when a step's fraction of failed reward evaluations exceeds this."""
+
+
+@dataclass
+class EnvConfig:
+    name: Optional[str] = None
+    """Registered environment family (``dsa_rl.envs``), or unset for plain prompt data."""
+    max_turns: int = _f(8, ge=1)
+    """Tool-use turns per episode."""
+    context_fraction: float = _f(0.8, gt=0.0, le=1.0)
+    """Drop the oldest tool outputs once a conversation reaches this fraction of the context."""
+    tool_timeout_s: float = _f(5.0, gt=0.0)
+    """Per-tool-call timeout."""
+
+
+@dataclass
+class BudgetConfig:
+    max_steps: Optional[int] = _f(None, ge=1)
+    """GRPO steps."""
+    max_samples: Optional[int] = _f(None, ge=1)
+    """Trajectories sampled."""
+    max_tokens: Optional[int] = _f(None, ge=1)
+    """Tokens processed (rollout + training)."""
+    max_flops: Optional[float] = _f(None, gt=0)
+    """Estimated FLOPs (rollout + training)."""
+    max_seconds: Optional[float] = _f(None, gt=0)
+    """Wall-clock seconds of the RL loop."""
+    pretrain_flops: Optional[float] = _f(None, gt=0)
+    """Stated pre-training compute; with ``pretrain_fraction`` gives a FLOP budget."""
+    pretrain_fraction: Optional[float] = _f(None, gt=0)
+    """Fraction of ``pretrain_flops`` to spend on RL (V3.2 spent over 0.1)."""
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = _f(0, choices=(0, 1, 2, 3))
+    """ZeRO stage."""
+    offload_optimizer: bool = False
+    """Offload optimizer states to CPU (ZeRO 1-3)."""
+    offload_params: bool = False
+    """Offload parameters to CPU (ZeRO 3)."""
+    num_processes: int = _f(1, ge=1)
+    """Data-parallel trainer processes (Ray actors)."""
+
+
+@dataclass
+class ResourcesConfig:
+    gpus_per_trainer: float = _f(0.0, ge=0.0)
+    """GPUs per trainer process (0 on CPU)."""
+    gpus_per_worker: float = _f(0.0, ge=0.0)
+    """GPUs per rollout worker (0 on CPU)."""
+    cpus_per_actor: float = _f(1.0, gt=0.0)
+    """CPUs reserved per actor."""
+
+
+@dataclass
+class ClusterConfig:
+    kind: str = _f("local", choices=("local", "ray_job", "slurm"))
+    """``local``: start Ray inside the process; ``ray_job``/``slurm``: submit with ``rl.submit``."""
+    address: Optional[str] = None
+    """Ray address to join (``auto``, ``ray://host:port``, or a dashboard URL for ``ray_job``)."""
+    num_cpus: Optional[int] = _f(None, ge=1)
+    """CPUs for a local Ray cluster (unset = all)."""
+    nodes: int = _f(1, ge=1)
+    """Nodes (Slurm)."""
+    gpus_per_node: int = _f(0, ge=0)
+    """GPUs per node (Slurm)."""
+    partition: Optional[str] = None
+    """Slurm partition."""
+    account: Optional[str] = None
+    """Slurm account."""
+    time: str = "01:00:00"
+    """Slurm time limit."""
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = _f("wandb", choices=("wandb", "none"))
+    """``wandb`` (offline unless WANDB_MODE says otherwise) or ``none`` (console only)."""
+    project: str = "dsa-rl"
+    """wandb project."""
+    mode: str = _f("offline", choices=("offline", "online", "disabled"))
+    """wandb mode; the WANDB_MODE environment variable wins when set."""
+    log_every: int = _f(1, ge=1)
+    """Steps between metric logs."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    experiment: str = "default"
+    """Experiment name (set by ``+experiment=...``)."""
+    seed: int = 0
+    """Seed of everything: data order, sampling, initialisation."""
+    device: str = _f("auto", choices=("auto", "cpu", "cuda"))
+    """``auto``: CUDA when available."""
+    resume: Optional[str] = None
+    """A run directory (or ``latest``) to continue from its latest checkpoint."""
+    eval_every: int = _f(10, ge=1)
+    """Steps between held-out evaluations."""
+    checkpoint_every: int = _f(10, ge=1)
+    """Steps between checkpoints."""
+
+
+def register_configs() -> None:
+    """Register the schema with Hydra's ConfigStore (``train.yaml`` lists ``train_schema`` first)."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def validate(obj: Any, prefix: str = "") -> None:
+    """Check every field of a (nested) config dataclass against its metadata limits.
+
+    Raises:
+        ConfigError: one line, e.g. ``algorithm.group_size=-1 is invalid: must be >= 2``.
+    """
+    for f in dataclasses.fields(obj):
+        key = f"{prefix}{f.name}"
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            validate(value, key + ".")
+            continue
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if dataclasses.is_dataclass(v):
+                    validate(v, f"{key}.{k}.")
+            continue
+        if value is None:
+            continue
+        meta = f.metadata
+        checks = [("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
+                  ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")]
+        for name, ok, sym in checks:
+            if name in meta and not ok(value, meta[name]):
+                raise ConfigError(f"{key}={value!r} is invalid: must be {sym} {meta[name]}")
+        if "choices" in meta and value not in meta["choices"]:
+            allowed = ", ".join(map(str, meta["choices"]))
+            raise ConfigError(f"{key}={value!r} is invalid: allowed values are {allowed}")
+    _check_cross_fields(obj, prefix)
+
+
+def _check_cross_fields(obj: Any, prefix: str) -> None:
+    """Invariants that span several fields (message says what to change)."""
+    if isinstance(obj, AlgorithmConfig) and obj.micro_batch_size > obj.mini_batch_size:
+        raise ConfigError(
+            f"{prefix}micro_batch_size={obj.micro_batch_size} is invalid: must be <= "
+            f"{prefix}mini_batch_size={obj.mini_batch_size}")
+    if isinstance(obj, RewardsConfig):
+        for name, term in obj.terms.items():
+            if (term.name is None) == (term._target_ is None):
+                raise ConfigError(f"{prefix}terms.{name} is invalid: set exactly one of 'name' "
+                                  "(a registered reward) or '_target_' (a dotted import path)")
+    if isinstance(obj, BudgetConfig):
+        limits = (obj.max_steps, obj.max_samples, obj.max_tokens, obj.max_flops, obj.max_seconds,
+                  obj.pretrain_fraction)
+        if all(v is None for v in limits):
+            raise ConfigError(f"{prefix.rstrip('.')} is invalid: set at least one limit, e.g. "
+                              f"{prefix}max_steps=100 (or pick an option: budget=smoke, budget=math)")
+        if (obj.pretrain_flops is None) != (obj.pretrain_fraction is None):
+            raise ConfigError(f"{prefix}pretrain_flops and {prefix}pretrain_fraction are invalid: "
+                              "set both (a FLOP budget as a fraction of pre-training) or neither")
+
+
+def to_config(cfg: DictConfig) -> TrainConfig:
+    """Turn Hydra's composed config into a validated :class:`TrainConfig`."""
+    obj = OmegaConf.to_object(cfg)
+    if not isinstance(obj, TrainConfig):
+        raise ConfigError("the composed config is not a TrainConfig: train.yaml must list "
+                          "'train_schema' first in its defaults")
+    validate(obj)
+    return obj

@@ -1,0 +1,75 @@
+"""Metric loggers (wandb, offline by default, or none) and a progress bar for long work.
+
+``make_logger`` picks the backend from ``LoggerConfig``. wandb defaults to offline mode so a run
+never needs an account or the network; the ``WANDB_MODE`` environment variable, when set, wins
+over ``logger.mode``. ``import wandb`` happens only when the wandb logger is built.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from rl.config import LoggerConfig
+
+
+class Logger(Protocol):
+    """Where metrics go: one ``log`` per step, ``finish`` once at the end."""
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class NoopLogger:
+    """Drops metrics (the console shows them through the progress bar and the summary)."""
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class WandbLogger:
+    """wandb run writing under ``run_dir``; offline unless configured or WANDB_MODE says otherwise."""
+
+    def __init__(self, project: str, mode: str, run_dir: str, name: str, config: dict[str, Any]):
+        import wandb
+
+        self._wandb = wandb
+        self.run = wandb.init(project=project, mode=os.environ.get("WANDB_MODE", mode), dir=run_dir,
+                              name=name, config=config, reinit="finish_previous")
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        self.run.log({k: v for k, v in metrics.items() if not _is_nan(v)}, step=step)
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+def _is_nan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def make_logger(cfg: "LoggerConfig", run_dir: str, name: str, config: dict[str, Any]) -> Logger:
+    """The logger the config asks for."""
+    if cfg.kind == "none":
+        return NoopLogger()
+    return WandbLogger(cfg.project, cfg.mode, run_dir, name, config)
+
+
+def make_progress(enabled: bool = True) -> "Progress":
+    """A rich progress bar with a free-form ``info`` column (step metrics go there).
+
+    Use as a context manager: ``task = p.add_task("grpo", total=N, info="")`` then
+    ``p.update(task, advance=1, info="reward 0.41 acc 0.38")``.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("{task.fields[info]}"), disable=not enabled,
+                    transient=False)

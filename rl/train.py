@@ -1,0 +1,36 @@
+"""Entry point: ``python -m rl.train +experiment=math [overrides]``.
+
+Hydra composes ``configs/train.yaml`` with the overrides, :func:`rl.config.to_config` validates
+every value, and :func:`rl.loop.run` does the work. Any configuration mistake stops here, before
+Ray, DeepSpeed or a model is touched, with one line naming the key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from rl.config import ConfigError, register_configs, to_config
+
+register_configs()
+
+
+@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        config = to_config(cfg)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        sys.exit(2)
+    run_dir = HydraConfig.get().runtime.output_dir
+    from rl.loop import run  # heavy imports (torch, ray) only after the config is known good
+
+    run(config, run_dir)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    main()

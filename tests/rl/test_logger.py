@@ -1,0 +1,33 @@
+"""Loggers: wandb offline writes a local run without network; none is a no-op; progress renders."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from rl.config import LoggerConfig
+from rl.logger import NoopLogger, make_logger, make_progress
+
+
+def test_wandb_offline_writes_local_run(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    logger = make_logger(LoggerConfig(kind="wandb", mode="offline"), str(tmp_path), "t", {"a": 1})
+    logger.log({"reward": 0.5, "nan_metric": float("nan")}, step=1)
+    logger.finish()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+
+
+def test_none_logger() -> None:
+    logger = make_logger(LoggerConfig(kind="none"), "/nonexistent", "t", {})
+    assert isinstance(logger, NoopLogger)
+    logger.log({"x": 1.0}, step=0)
+    logger.finish()
+
+
+def test_progress_shows_info() -> None:
+    progress = make_progress()
+    progress.console.file = io.StringIO()
+    with progress:
+        task = progress.add_task("grpo", total=2, info="")
+        progress.update(task, advance=2, info="reward 0.50")
+    assert "reward 0.50" in progress.console.file.getvalue()

@@ -139,18 +139,18 @@ class DSAConfig(PreTrainedConfig):
 
 # The one preset table. `tiny` is the constructor defaults; the others list what differs.
 PRESETS: dict[str, dict[str, Any]] = {
-    # ~1.3 M params at vocab 512 (~2.3 M at vocab 4096): the embedded default.
+    # ~1.3 M params at vocab 512 (~2.2 M at vocab 4096): the embedded default.
     "tiny": {},
     # tiny without MoE: every layer has the dense SwiGLU FFN.
     "tiny-dense-ffn": {"n_routed_experts": 0, "n_shared_experts": 0},
-    # ~20 M params (vocab 4096): a CPU-trainable step up.
+    # ~13 M params (vocab 4096): a CPU-trainable step up.
     "small": {
         "hidden_size": 256, "num_hidden_layers": 6, "num_attention_heads": 8, "q_lora_rank": 128,
         "kv_lora_rank": 128, "qk_nope_head_dim": 32, "qk_rope_head_dim": 16, "v_head_dim": 32,
         "index_n_heads": 8, "index_head_dim": 32, "index_topk": 64, "intermediate_size": 768,
         "moe_intermediate_size": 256, "n_routed_experts": 8, "num_experts_per_tok": 2,
     },
-    # ~0.5 B total params (GPU scale).
+    # ~0.9 B total params at vocab 32K (GPU scale).
     "medium": {
         "hidden_size": 1024, "num_hidden_layers": 16, "num_attention_heads": 16, "q_lora_rank": 384,
         "kv_lora_rank": 256, "qk_nope_head_dim": 64, "qk_rope_head_dim": 32, "v_head_dim": 64,

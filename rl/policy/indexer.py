@@ -26,17 +26,29 @@ from rl.policy.configuration import DSAConfig
 from rl.policy.layers import apply_rope
 
 
-def index_scores(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def index_scores(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, key_block: int | None = None) -> torch.Tensor:
     """Lightning-indexer scores, any scaling already folded into q and w by the caller.
 
     q: (B, T, H_I, d_I) queries; k: (B, S, d_I) keys (one head, shared); w: (B, T, H_I) head weights.
     Returns (B, T, S): out[b, t, s] = sum_j w[b, t, j] * ReLU(q[b, t, j, :] . k[b, s, :]).
-    No masking here: callers mask non-causal / padded keys.
+    No masking here: callers mask non-causal / padded keys. Keys are processed in blocks of
+    `key_block` (default: ~1 M logits per block, so the (B, T, H_I, block) ReLU tensor stays in cache
+    at decode); the result does not depend on the blocking.
     """
     B, T, H, D = q.shape
-    logits = torch.matmul(q.reshape(B, T * H, D), k.transpose(1, 2))  # (B, T*H, S)
-    logits = torch.relu(logits).view(B, T, H, -1)  # (B, T, H, S)
-    return torch.matmul(w.unsqueeze(2), logits).squeeze(2)  # (B, T, 1, S) -> (B, T, S)
+    S = k.shape[1]
+    qf = q.reshape(B, T * H, D)
+    wf = w.unsqueeze(2)  # (B, T, 1, H)
+    block = key_block or max(1024, (1 << 20) // max(1, B * T * H))
+    if block >= S:
+        logits = torch.matmul(qf, k.transpose(1, 2)).relu_().view(B, T, H, S)  # (B, T, H, S)
+        return torch.matmul(wf, logits).squeeze(2)  # (B, T, 1, S) -> (B, T, S)
+    out = q.new_empty(B, T, S)
+    for s0 in range(0, S, block):
+        s1 = min(S, s0 + block)
+        logits = torch.matmul(qf, k[:, s0:s1].transpose(1, 2)).relu_().view(B, T, H, s1 - s0)
+        out[..., s0:s1] = torch.matmul(wf, logits).squeeze(2)
+    return out
 
 
 def select_topk(scores: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Tensor:

@@ -113,6 +113,35 @@ class MLAttention(nn.Module):
         is_self = key_pos[None, :] == q_pos[:, None]
         return causal & (ctx.key_valid[:, None, :] | is_self)
 
+    def _absorb_query(self, q_nope: torch.Tensor) -> torch.Tensor:
+        """(B, T, H, dn) -> q_abs (B, T, H, kv_lora) = W_UK_h^T q_nope_h (bmm on strided weight views)."""
+        B, T, H, _ = q_nope.shape
+        w_uk, _ = self._uk_uv()
+        q = q_nope.permute(2, 0, 1, 3).reshape(H, B * T, self.dn)  # (H, B*T, dn)
+        return torch.bmm(q, w_uk).view(H, B, T, self.kv_lora).permute(1, 2, 0, 3)
+
+    def _expand_values(self, o_lat: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, kv_lora) -> (B, C, H, dv): apply W_UV_h after attending over latents."""
+        B, C, H, _ = o_lat.shape
+        _, w_uv = self._uk_uv()
+        o = o_lat.permute(2, 0, 1, 3).reshape(H, B * C, self.kv_lora)  # (H, B*C, kv_lora)
+        return torch.bmm(o, w_uv.transpose(1, 2)).view(H, B, C, self.dv).permute(1, 2, 0, 3)
+
+    def project(self, h: torch.Tensor, ctx: AttentionContext) -> dict[str, torch.Tensor]:
+        """Per-token projections of h (B, T, d): query latent, RoPE'd queries, the new cache entries."""
+        B, T, _ = h.shape
+        cos, sin = ctx.rope
+        q_latent = self.q_norm(self.q_a(h))  # (B, T, q_lora)
+        q = self.q_b(q_latent).view(B, T, self.n_heads, self.dn + self.dr)  # (B, T, H, dn+dr)
+        q_nope, q_rope = q.split([self.dn, self.dr], dim=-1)
+        c_kv, k_rope = self.kv_a(h).split([self.kv_lora, self.dr], dim=-1)
+        return {
+            "h": h, "q_latent": q_latent, "q_nope": q_nope,
+            "q_rope": apply_rope(q_rope, cos.unsqueeze(2), sin.unsqueeze(2)),
+            "entry": torch.cat([self.kv_norm(c_kv), apply_rope(k_rope, cos, sin)], dim=-1),  # (B, T, kv_lora+dr)
+            "index_k": self.indexer.keys(h, *ctx.index_rope),  # (B, T, d_I)
+        }
+
     def forward(
         self,
         h: torch.Tensor,
@@ -121,30 +150,34 @@ class MLAttention(nn.Module):
         topk_indices: torch.Tensor | None = None,
     ) -> AttentionOutput:
         """h: (B, T, d). topk_indices: optional (B, T, index_topk) selection to enforce (replay)."""
-        B, T, _ = h.shape
-        H = self.n_heads
-        cos, sin = ctx.rope
-        q_latent = self.q_norm(self.q_a(h))  # (B, T, q_lora)
-        q = self.q_b(q_latent).view(B, T, H, self.dn + self.dr)  # (B, T, H, dn+dr)
-        q_nope, q_rope = q.split([self.dn, self.dr], dim=-1)
-        q_rope = apply_rope(q_rope, cos.unsqueeze(2), sin.unsqueeze(2))
-        c_kv, k_rope = self.kv_a(h).split([self.kv_lora, self.dr], dim=-1)
-        entry = torch.cat([self.kv_norm(c_kv), apply_rope(k_rope, cos, sin)], dim=-1)  # (B, T, kv_lora+dr)
-        need_indexer = ctx.mode == "sparse" or ctx.want_indexer_loss
-        index_k = self.indexer.keys(h, *ctx.index_rope) if need_indexer or cache is not None else None
-        if cache is not None:
-            latents, keys_i = cache.write(self.layer_idx, ctx.start, entry, index_k)  # (B, S, .)
-        else:
-            latents, keys_i = entry, index_k
         if ctx.mode == "dense" and topk_indices is not None:
             raise ValueError("topk_indices (selection replay) needs attention_mode='sparse'")
+        p = self.project(h, ctx)
+        if cache is not None:
+            latents, keys_i = cache.write(self.layer_idx, ctx.start, p["entry"], p["index_k"])  # (B, S, .)
+        else:
+            latents, keys_i = p["entry"], p["index_k"]
+        out, topk, kl_sum = self.attend(p, latents, keys_i, ctx, topk_indices)
+        return AttentionOutput(self.o(out), topk, kl_sum)
 
+    def attend(
+        self,
+        p: dict[str, torch.Tensor],
+        latents: torch.Tensor,
+        keys_i: torch.Tensor,
+        ctx: AttentionContext,
+        topk_indices: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The attention proper, given projections `p` and all keys: latents (B, S, kv_lora+dr),
+        indexer keys (B, S, d_I). Returns (heads output (B, T, H*dv) before W_o, selection, KL sum)."""
+        h, q_nope, q_rope = p["h"], p["q_nope"], p["q_rope"]
+        B, T, H, _ = q_nope.shape
         S = latents.shape[1]
-        run_indexer = need_indexer and topk_indices is None and (
-            S > self.topk or ctx.want_topk or ctx.want_indexer_loss
+        run_indexer = topk_indices is None and (
+            (ctx.mode == "sparse" and (S > self.topk or ctx.want_topk)) or ctx.want_indexer_loss
         )
         if run_indexer:
-            index_q = self.indexer.queries(q_latent, *ctx.index_rope)  # (B, T, H_I, d_I) fp32
+            index_q = self.indexer.queries(p["q_latent"], *ctx.index_rope)  # (B, T, H_I, d_I) fp32
             index_w = self.indexer.head_weights(h)  # (B, T, H_I) fp32
             keys_f = keys_i.float()
         if ctx.mode == "dense":
@@ -152,9 +185,7 @@ class MLAttention(nn.Module):
             k_nope = torch.einsum("bsc,hnc->bshn", latents[..., : self.kv_lora], w_uk)  # (B, S, H, dn)
             values = torch.einsum("bsc,hvc->bshv", latents[..., : self.kv_lora], w_uv)  # (B, S, H, dv)
         else:
-            w_uk, w_uv = self._uk_uv()
-            q_abs = torch.einsum("bthn,hnc->bthc", q_nope, w_uk)  # (B, T, H, kv_lora)
-            q_cat = torch.cat([q_abs, q_rope], dim=-1)  # (B, T, H, kv_lora+dr)
+            q_cat = torch.cat([self._absorb_query(q_nope), q_rope], dim=-1)  # (B, T, H, kv_lora+dr)
 
         outs, sels = [], []
         kl_sum = h.new_zeros((), dtype=torch.float32) if ctx.want_indexer_loss else None
@@ -186,10 +217,10 @@ class MLAttention(nn.Module):
                 o_lat, probs = self._masked(q_cat[:, q0:q1], latents, mask)
                 if kl_sum is not None:
                     kl_sum = kl_sum + self._kl(scores_i, probs, 1, mask, ctx, q0)
-            outs.append(torch.einsum("bthc,hvc->bthv", o_lat, w_uv))  # (B, C, H, dv)
+            outs.append(self._expand_values(o_lat))  # (B, C, H, dv)
         out = torch.cat(outs, dim=1).reshape(B, T, H * self.dv)
         topk = torch.cat(sels, dim=1) if sels else None
-        return AttentionOutput(self.o(out), topk, kl_sum)
+        return out, topk, kl_sum
 
     # ---- attention cores ------------------------------------------------------------------------
     def _dense(self, q_nope, q_rope, k_nope, latents, values, allowed):

@@ -1,6 +1,6 @@
-"""Test harness that runs INSIDE the sandbox: ``python -I -S -B /work/_harness.py``.
+"""Test harness that runs INSIDE the sandbox: ``python -I -S -B /sandbox/_harness.py``.
 
-Standard library only. Reads ``/work/_spec.json`` and the candidate ``/work/solution.py``, then
+Standard library only. Reads ``/sandbox/_spec.json`` and the candidate ``/sandbox/solution.py``, then
 runs each test in a fresh forked child (its own process group, its own CPU limit, stdin from a
 file, stdout/stderr to files capped by RLIMIT_FSIZE) and prints one JSON line to the host:
 ``{"results": [{"passed": bool, "reason": str}, ...]}``.
@@ -17,7 +17,7 @@ Test modes:
 The child's only fds are 0/1/2 (files) and the two nonce pipes; the harness makes itself
 non-dumpable so a same-uid child cannot ptrace it. Layer 2 (``audit`` in the spec): before the
 candidate runs, an audit hook refuses socket creation, subprocesses, fork/exec, ctypes, and
-``open`` outside ``/work``, ``/tmp`` (writes) plus the stdlib (reads). Audit hooks are a speed
+``open`` outside ``/sandbox``, ``/tmp`` (writes) plus the stdlib (reads). Audit hooks are a speed
 bump, not a wall (C extensions can bypass them); the kernel namespaces and rlimits are the wall.
 """
 import builtins
@@ -30,7 +30,7 @@ import sys
 import time
 import traceback
 
-WORK, TMP = "/work", "/tmp"
+WORK, TMP = "/sandbox", "/tmp"
 BLOCKED_EVENTS = ("os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
                   "subprocess.Popen", "pty.spawn", "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata",
                   "ctypes.call_function", "socket.__new__", "socket.connect", "socket.bind",
@@ -66,9 +66,9 @@ def _child(code: str, test: str, mode: str, nonce_r: int, proof_w: int, audit: b
             _install_audit_hook(read_roots)
         namespace = {"__name__": "__main__" if mode == "stdio" else "solution", "__builtins__": builtins}
         try:
-            exec(compile(code, "solution.py", "exec"), namespace)
+            exec(compile(code, "solution.py", "exec"), namespace)  # noqa: S102 - the sandbox's job
             if mode == "asserts":
-                exec(compile(test, "test.py", "exec"), namespace)
+                exec(compile(test, "test.py", "exec"), namespace)  # noqa: S102
             status = 0
         except SystemExit as e:
             if mode == "asserts":
@@ -118,9 +118,9 @@ def _run_one(i: int, code: str, test: dict, spec: dict) -> dict:
                 new = os.open(path, flags, 0o600)
                 os.dup2(new, fd)
                 os.close(new)
-            sys.stdin = open(0, closefd=False)
-            sys.stdout = open(1, "w", closefd=False)
-            sys.stderr = open(2, "w", closefd=False)
+            sys.stdin = open(0, closefd=False)  # noqa: SIM115 - lives until os._exit
+            sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+            sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
             os.close(nonce_w)
             os.close(proof_r)
             keep = sorted((nonce_r, proof_w))
@@ -183,7 +183,7 @@ def main() -> None:
     try:
         import ctypes
         ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: same-uid children cannot ptrace us
-    except Exception:  # noqa: BLE001 - best effort (no libffi): the pipes still carry the verdict
+    except Exception:  # noqa: BLE001, S110 - best effort (no libffi): the pipes still carry the verdict
         pass
     results = []
     for i, test in enumerate(spec["tests"]):

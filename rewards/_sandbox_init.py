@@ -8,7 +8,7 @@ Standard library only (it runs under ``-I -S`` and must not import the project).
 2. In the child: make all mounts private, mount a size-limited tmpfs as the new root, bind-mount
    read-only only what the interpreter needs (its binary, the stdlib, libpython, the system
    shared-library directories, the ELF loader), ``/dev/null``, ``/dev/zero``, ``/dev/urandom``;
-   create ``/tmp`` and ``/work`` (files copied in, owned by the sandbox uid); ``pivot_root`` into it
+   create ``/tmp`` and ``/sandbox`` (files copied in, owned by the sandbox uid); ``pivot_root`` into it
    and detach the old root, so no host path is reachable.
 3. Drop privileges: as root, switch to a dedicated uid/gid (``UID_BASE + launcher pid``, unique
    among live sandboxes, so RLIMIT_NPROC counts only this sandbox's processes) with no
@@ -95,13 +95,13 @@ def _build_root(cfg: dict) -> None:
         _mount(None, root + real, None, MS_BIND | MS_REMOUNT | MS_NOSUID | kept | extra)
         done.append(real)
     uid = cfg["uid"]
-    for d, mode in (("/tmp", 0o1777), ("/work", 0o700)):
+    for d, mode in (("/tmp", 0o1777), ("/sandbox", 0o700)):
         os.makedirs(root + d, exist_ok=True)
         os.chmod(root + d, mode)
     for name in sorted(os.listdir(cfg["files_dir"])):
-        shutil.copy(os.path.join(cfg["files_dir"], name), os.path.join(root, "work", name))
-        os.chown(os.path.join(root, "work", name), uid, uid)
-    os.chown(root + "/work", uid, uid)
+        shutil.copy(os.path.join(cfg["files_dir"], name), os.path.join(root, "sandbox", name))
+        os.chown(os.path.join(root, "sandbox", name), uid, uid)
+    os.chown(root + "/sandbox", uid, uid)
     os.chdir(root)
     os.makedirs("old_root", exist_ok=True)
     nr = SYS_PIVOT_ROOT.get(platform.machine())
@@ -112,7 +112,7 @@ def _build_root(cfg: dict) -> None:
     else:  # unknown syscall number: chroot (safe here: the code runs with no capabilities)
         os.rmdir("old_root")
         os.chroot(".")
-    os.chdir("/work")
+    os.chdir("/sandbox")
 
 
 def _drop_privileges(cfg: dict) -> None:
@@ -160,7 +160,7 @@ def main() -> int:
         _check(libc.unshare(flags), "unshare")
         if cfg["userns"]:
             _write_id_maps(outer_uid, outer_gid)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any set-up failure is reported the same way
         print(f"SANDBOX_SETUP_ERROR: {e}", file=sys.stderr, flush=True)
         return SETUP_ERROR_EXIT
     pid = os.fork()
@@ -169,7 +169,7 @@ def main() -> int:
             _build_root(cfg)
             libc.sethostname(b"sandbox", 7)
             _drop_privileges(cfg)
-            env = {"PATH": "/usr/bin:/bin", "HOME": "/work", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
+            env = {"PATH": "/usr/bin:/bin", "HOME": "/sandbox", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
                    "PYTHONIOENCODING": "utf-8"}
             os.execve(cfg["argv"][0], cfg["argv"], env)
         except BaseException as e:  # noqa: BLE001 - report any failure to the host, then die

@@ -27,10 +27,13 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rewards.registry import register_reward
 from rewards.text import (
+    THINK_CLOSE,
+    THINK_OPEN,
     dominant_script,
     extract_math_answer,
     prompt_text,
@@ -191,7 +194,7 @@ def language_consistency(prompts: Sequence[Any], completions: Sequence[str], sco
                                         strict=True):
         target = dominant_script(prompt_text(prompt))
         if scope == "all":
-            text: str | None = completion
+            text: str | None = completion.replace(THINK_OPEN, " ").replace(THINK_CLOSE, " ")
         else:
             reasoning, answer_part = split_answer(completion, flag)
             text = answer_part if scope == "answer" else reasoning

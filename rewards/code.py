@@ -14,12 +14,14 @@ than silently scoring every program 0.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
 
 from rewards.registry import register_reward
 from rewards.sandbox import SandboxUnavailable, TestReport, limits_from_kwargs, run_tests, sandbox_support
-from rewards.text import extract_code, split_answer, think_in_prompt as _think_in_prompt
+from rewards.text import extract_code, split_answer
+from rewards.text import think_in_prompt as _think_in_prompt
 
 
 def run_completion_tests(completion: str, tests: Any, think_in_prompt: bool = False,

@@ -22,7 +22,8 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rl.registry import Registry
 

@@ -44,10 +44,11 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from rewards.registry import RewardFn, import_callable, load_reward
 
@@ -58,7 +59,7 @@ Outcome = tuple[str, Any]
 class RewardError(RuntimeError):
     """A reward failed and the run must stop (``on_error="raise"`` or the error rate was exceeded)."""
 
-    def __init__(self, message: str, result: "RewardResult | None" = None) -> None:
+    def __init__(self, message: str, result: RewardResult | None = None) -> None:
         super().__init__(message)
         self.result = result
 
@@ -77,7 +78,7 @@ class RewardTerm:
     """``("name", x)`` or ``("target", "pkg.mod.fn")``: how a worker process re-imports ``fn``."""
 
     @classmethod
-    def from_config(cls, term: str, spec: Mapping[str, Any]) -> "RewardTerm":
+    def from_config(cls, term: str, spec: Mapping[str, Any]) -> RewardTerm:
         """From plain config values: ``{"name" | "_target_": ..., "weight": w, "kwargs": {...}}``."""
         unknown = set(spec) - {"name", "_target_", "weight", "kwargs"}
         if unknown:
@@ -186,11 +187,14 @@ class _ThreadBackend:
     def __init__(self, num_workers: int, max_hung: int) -> None:
         self.num_workers, self.max_hung = num_workers, max_hung
         self.hung: list[threading.Thread] = []
+        self._lock = threading.Lock()  # several terms run at once, each through run()
 
     def run(self, jobs: list[Callable[[float], Any]], deadline: float) -> list[Outcome]:
-        self.hung = [t for t in self.hung if t.is_alive()]
-        if len(self.hung) >= self.max_hung:
-            why = (f"{len(self.hung)} reward calls from earlier steps are still running past their timeout "
+        with self._lock:
+            self.hung = [t for t in self.hung if t.is_alive()]
+            n_hung = len(self.hung)
+        if n_hung >= self.max_hung:
+            why = (f"{n_hung} reward calls from earlier steps are still running past their timeout "
                    "(threads cannot be killed); refusing to start more. Fix the hanging reward or use "
                    "isolation='process'")
             return [("error", why)] * len(jobs)
@@ -228,7 +232,9 @@ class _ThreadBackend:
             while any(r is None for r in results) and time.monotonic() < deadline:
                 cond.wait(timeout=max(0.0, deadline - time.monotonic()))
             stopped = True
-            self.hung += [t for t in busy]
+            abandoned = list(busy)
+        with self._lock:
+            self.hung += abandoned
         return [r if r is not None else ("timeout", "did not finish before the step's deadline") for r in results]
 
 
@@ -319,7 +325,7 @@ class _ProcessBackend:
                 call_id, i = running.pop(k)
                 try:
                     _, got_id, status, value = w.conn.recv()
-                    results[i] = (status, value)
+                    results[i] = (status, value) if got_id == call_id else ("error", "internal: stale worker reply")
                 except (EOFError, OSError):
                     results[i] = ("error", f"the reward worker process died (exit code {w.proc.wait()})")
                     self.workers[k] = _Worker(self.specs)
@@ -400,14 +406,17 @@ class RewardRunner:
         self.timeout_s, self.on_error, self.max_error_rate = timeout_s, on_error, max_error_rate
         self.isolation = isolation
         specs = {t.name: t.spec or _importable_spec(t.fn) for t in self.terms} if isolation == "process" else {}
-        self._in_process = {name: spec for name, spec in specs.items() if spec is not None}
-        self._threads = _ThreadBackend(num_workers, max_hung if max_hung is not None else 2 * num_workers)
-        self._procs = (_ProcessBackend(num_workers, self._in_process, startup_timeout_s)  # type: ignore[arg-type]
-                       if self._in_process else None)
+        in_process = {name: spec for name, spec in specs.items() if spec is not None}
+        # Per term too: a term whose hung threads reach max_hung is refused, the others go on.
+        self._threads = {t.name: _ThreadBackend(num_workers, max_hung if max_hung is not None else 2 * num_workers)
+                         for t in self.terms if t.name not in in_process}
+        # One pool of worker processes per term, so a hanging term never holds up the others.
+        self._procs = {name: _ProcessBackend(num_workers, {name: spec}, startup_timeout_s)
+                       for name, spec in in_process.items()}
         self.num_workers = num_workers
         for t in self.terms:  # rewards that run here: do their slow set-up now, not in step 1
             warmup = getattr(t.fn, "warmup", None)
-            if t.name not in self._in_process and callable(warmup):
+            if t.name not in self._procs and callable(warmup):
                 warmup()
         self._submitter: ThreadPoolExecutor | None = None
 
@@ -449,7 +458,7 @@ class RewardRunner:
         return result
 
     def submit(self, prompts: Sequence[Any], completions: Sequence[str],
-               fields: Mapping[str, Sequence[Any]] | None = None) -> "Future[RewardResult]":
+               fields: Mapping[str, Sequence[Any]] | None = None) -> Future[RewardResult]:
         """:meth:`score` in a background thread (to overlap scoring with other work)."""
         if self._submitter is None:
             self._submitter = ThreadPoolExecutor(1, thread_name_prefix="reward-submit")
@@ -457,16 +466,15 @@ class RewardRunner:
 
     def close(self) -> None:
         """Stop the worker processes."""
-        if self._procs is not None:
-            self._procs.close()
-            self._procs = None
+        for backend in self._procs.values():
+            backend.close()
         if self._submitter is not None:
             self._submitter.shutdown(wait=False)
 
-    def __enter__(self) -> "RewardRunner":
+    def __enter__(self) -> RewardRunner:  # noqa: PYI034 - typing.Self needs 3.11
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- internals --------------------------------------------------------------------------
@@ -476,12 +484,13 @@ class RewardRunner:
         """Run calls on their backends under one deadline; outcomes in call order."""
         if not calls:
             return []
-        if self._procs is not None:
-            self._procs.prepare()
+        for backend in self._procs.values():
+            backend.prepare()
         deadline = time.monotonic() + self.timeout_s
         outcomes: list[Outcome | None] = [None] * len(calls)
-        proc_idx = [j for j, c in enumerate(calls) if self.terms[c.term].name in self._in_process]
-        thread_idx = [j for j, c in enumerate(calls) if self.terms[c.term].name not in self._in_process]
+        groups: dict[int, list[int]] = {}
+        for j, c in enumerate(calls):
+            groups.setdefault(c.term, []).append(j)
 
         def sliced(c: _Call) -> tuple[list, list, dict[str, list]]:
             return ([prompts[i] for i in c.indices], [completions[i] for i in c.indices],
@@ -492,24 +501,24 @@ class RewardRunner:
             p, comp, f = sliced(c)
             return lambda dl: invoke_reward(term.fn, p, comp, f, term.kwargs, max(0.0, dl - time.monotonic()))
 
-        def run_threads() -> None:
-            for j, out in zip(thread_idx, self._threads.run([thread_job(calls[j]) for j in thread_idx], deadline)):
+        def run_term(ti: int, positions: list[int]) -> None:
+            """All calls of one term, on that term's own workers; returns by the deadline."""
+            term = self.terms[ti]
+            if term.name in self._procs:
+                payloads = [(term.name, term.kwargs, *sliced(calls[j])) for j in positions]
+                outs = self._procs[term.name].run(payloads, deadline)  # type: ignore[arg-type]
+            else:
+                outs = self._threads[term.name].run([thread_job(calls[j]) for j in positions], deadline)
+            for j, out in zip(positions, outs):
                 outcomes[j] = out
 
-        helper = None
-        if thread_idx and proc_idx:
-            helper = threading.Thread(target=run_threads, daemon=True)
-            helper.start()
-        elif thread_idx:
-            run_threads()
-        if proc_idx:
-            assert self._procs is not None
-            payloads = [(self.terms[calls[j].term].name, self.terms[calls[j].term].kwargs, *sliced(calls[j]))
-                        for j in proc_idx]
-            for j, out in zip(proc_idx, self._procs.run(payloads, deadline)):  # type: ignore[arg-type]
-                outcomes[j] = out
-        if helper is not None:
-            helper.join()
+        items = list(groups.items())
+        helpers = [threading.Thread(target=run_term, args=item, daemon=True) for item in items[1:]]
+        for h in helpers:
+            h.start()
+        run_term(*items[0])
+        for h in helpers:
+            h.join()
         return [o if o is not None else ("error", "internal: no outcome") for o in outcomes]
 
     def _record(self, call: _Call, outcome: Outcome, values: dict, ok: dict, errors: list,

@@ -12,7 +12,7 @@ Threat model (what holds, by layer):
   ``/dev/null|zero|urandom``. ``/etc``, ``/home``, ``/root`` (other than the stdlib under a pyenv
   prefix), the project, ``/proc`` and ``/sys`` do not exist there; after ``pivot_root`` the old
   root is detached, and the code runs as an unprivileged uid, so it cannot mount or chroot out.
-  Writes go to the tmpfs (``/work``, ``/tmp``), which vanishes with the namespace.
+  Writes go to the tmpfs (``/sandbox``, ``/tmp``), which vanishes with the namespace.
 * **Network** (kernel): a new network namespace with only a (down) loopback: no route anywhere,
   and the host's loopback services are unreachable.
 * **Processes** (kernel): a new PID namespace; the harness is its PID 1, so when it exits or the
@@ -55,6 +55,8 @@ from pathlib import Path
 from typing import Any
 
 SETUP_ERROR_EXIT = 125
+SANDBOX_DIRS = ("/sandbox", "/tmp")
+"""The sandbox's own writable directories (work dir and temp); no host path may be bound there."""
 _HERE = Path(__file__).resolve().parent
 
 
@@ -141,14 +143,16 @@ def _elf_interpreter(binary: str) -> str | None:
 def _interpreter_binds() -> tuple[str, list[tuple[str, bool, bool]]]:
     """The base interpreter and the ``(path, is_dir, writable)`` binds it needs to start."""
     python = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
-    paths = sysconfig.get_paths()
-    binds: list[tuple[str, bool, bool]] = [(python, False, False), (paths["stdlib"], True, False),
-                                           (paths["platstdlib"], True, False)]
+    # The base installation's stdlib and extension modules (never a virtualenv's site-packages).
+    stdlib, dynload = os.path.dirname(os.__file__), sysconfig.get_config_var("DESTSHARED")
+    binds: list[tuple[str, bool, bool]] = [(python, False, False), (stdlib, True, False)]
+    if dynload:
+        binds.append((dynload, True, False))
     libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
     if sysconfig.get_config_var("Py_ENABLE_SHARED") and libdir and soname:
         binds.append((os.path.join(libdir, soname), False, False))
     arch = sysconfig.get_config_var("MULTIARCH") or ""
-    for d in (f"/lib/{arch}", f"/usr/lib/{arch}", "/lib64", "/usr/lib64", "/usr/local/lib") if arch else ("/lib", "/usr/lib", "/lib64"):
+    for d in (f"/lib/{arch}", f"/usr/lib/{arch}", "/lib64", "/usr/lib64") if arch else ("/lib", "/usr/lib", "/lib64"):
         if os.path.isdir(d):
             binds.append((d, True, False))
     loader = _elf_interpreter(python)
@@ -160,7 +164,7 @@ def _interpreter_binds() -> tuple[str, list[tuple[str, bool, bool]]]:
 
 def run_python(script: str, files: dict[str, str | bytes] | None = None,
                limits: SandboxLimits | None = None, args: tuple[str, ...] = ()) -> SandboxResult:
-    """Run ``python -I -S -B /work/<script>`` in the sandbox with ``files`` in ``/work``.
+    """Run ``python -I -S -B /sandbox/<script>`` in the sandbox with ``files`` in ``/sandbox``.
 
     Returns exit status, captured output (each capped by ``limits.file_mb``) and a reason when it
     failed. Raises :class:`SandboxUnavailable` when the sandbox itself cannot be built.
@@ -168,6 +172,11 @@ def run_python(script: str, files: dict[str, str | bytes] | None = None,
     limits = limits or SandboxLimits()
     python, binds = _interpreter_binds()
     binds = binds + [(p, os.path.isdir(p), False) for p in limits.extra_ro_paths]
+    for path, _, _ in binds:
+        real = os.path.realpath(path)
+        if any(real == d or real.startswith(d + "/") for d in SANDBOX_DIRS):
+            raise SandboxUnavailable(f"cannot bind {path!r} into the sandbox: it lies under one of the "
+                                     f"sandbox's own directories {SANDBOX_DIRS}")
     tmp = Path(tempfile.mkdtemp(prefix="dsa_rl_sbx_"))
     try:
         (tmp / "root").mkdir()
@@ -178,7 +187,7 @@ def run_python(script: str, files: dict[str, str | bytes] | None = None,
             (tmp / "files" / name).write_bytes(content.encode() if isinstance(content, str) else content)
         cfg = {"root": str(tmp / "root"), "files_dir": str(tmp / "files"), "binds": binds,
                "tmpfs_mb": limits.tmpfs_mb, "tmpfs_inodes": limits.tmpfs_inodes,
-               "argv": [python, "-I", "-S", "-B", f"/work/{script}", *args],
+               "argv": [python, "-I", "-S", "-B", f"/sandbox/{script}", *args],
                "limits": {"cpu_s": max(1, int(limits.cpu_s + 0.999)), "memory_mb": limits.memory_mb,
                           "nproc": limits.nproc, "file_mb": limits.file_mb, "nofile": limits.nofile}}
         (tmp / "config.json").write_text(json.dumps(cfg))
@@ -282,7 +291,7 @@ def run_tests(code: str, tests: Any, limits: SandboxLimits | None = None) -> Tes
     mode, cases = normalise_tests(tests)
     if not cases:
         return TestReport(reason="no tests")
-    python, binds = _interpreter_binds()
+    _, binds = _interpreter_binds()
     read_roots = sorted({p for p, is_dir, _ in binds if is_dir} | set(limits.extra_ro_paths))
     spec = {"mode": mode, "tests": cases, "cpu_s": limits.cpu_s, "test_timeout_s": limits.test_timeout_s,
             "audit": limits.audit_hooks, "read_roots": read_roots}

@@ -1,0 +1,156 @@
+"""The sandbox refuses host files, writes outside it, sockets, fork and memory bombs, endless loops.
+
+Every attack runs twice: with the Python audit hooks (layer 2) and without them, to show the
+kernel layer (namespaces, pivot_root, unprivileged uid, rlimits) holds on its own. Each ends as
+a failed test with a reason; this process survives and no sandbox process is left behind.
+"""
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rewards.sandbox import (
+    SandboxLimits,
+    SandboxUnavailable,
+    normalise_tests,
+    run_python,
+    run_tests,
+    sandbox_support,
+)
+
+UID_BASE = 2_000_000  # rewards/_sandbox_init.py gives each sandbox the uid UID_BASE + pid
+
+pytestmark = pytest.mark.skipif(not sandbox_support()[0], reason=f"no sandbox here: {sandbox_support()[1]}")
+FAST = {"cpu_s": 1, "test_timeout_s": 1.5, "wall_s": 15}
+
+
+def sandbox_processes() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            status = (entry / "status").read_text()
+        except (OSError, ValueError):
+            continue
+        uid_line = next((ln for ln in status.splitlines() if ln.startswith("Uid:")), "")
+        if uid_line and int(uid_line.split()[1]) >= UID_BASE:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    """A host secret, a host directory to attack, and a listening host socket."""
+    d = tmp_path_factory.mktemp("host")
+    (d / "secret.txt").write_text("TOP SECRET")
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    yield {"dir": d, "secret": d / "secret.txt", "port": srv.getsockname()[1]}
+    srv.close()
+
+
+def attacks(h: dict) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """name -> (candidate code, acceptable reason fragments with hooks on / off)."""
+    return {
+        "read /etc/passwd": ("print(open('/etc/passwd').read())", ("No such file", "not allowed")),
+        "read a host secret": (f"print(open({str(h['secret'])!r}).read())", ("No such file", "not allowed")),
+        "write outside": (f"open({str(h['dir'] / 'pwned')!r}, 'w').write('x')", ("No such file", "not allowed")),
+        "write the stdlib": ("import os; open(os.__file__, 'a').write('x')", ("Read-only", "not allowed",
+                                                                              "Permission denied")),
+        "connect to the host": (f"import socket; socket.create_connection(('127.0.0.1', {h['port']}), timeout=1)",
+                                ("unreachable", "refused", "not allowed")),
+        "connect outside": ("import socket; socket.create_connection(('1.1.1.1', 53), timeout=1)",
+                            ("unreachable", "not allowed")),
+        "raw socket": ("import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)",
+                       ("not permitted", "not allowed")),
+        "fork bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+                      ("timeout", "CPU time limit", "killed")),
+        "memory bomb": ("x = bytearray(10**10)", ("MemoryError", "killed")),
+        "memory bomb, touched": ("x = []\nwhile True:\n    x.append(b'x' * 10**7)", ("MemoryError", "killed",
+                                                                                    "timeout")),
+        "infinite loop": ("while True:\n    pass", ("CPU time limit", "timeout")),
+        "sleep forever": ("import time; time.sleep(10**6)", ("timeout",)),
+        "shell out": ("import subprocess; subprocess.run(['/bin/sh', '-c', 'cat /etc/passwd'], check=True)",
+                      ("No such file", "not allowed")),
+        "escape by chroot": ("import os; os.mkdir('/tmp/j'); os.chroot('/tmp/j')", ("not permitted",)),
+        "fill the disk": ("f = open('/tmp/big', 'wb')\nwhile True:\n    f.write(b'x' * 10**6)",
+                          ("File too large", "file size limit", "No space")),
+        "list processes": ("import os; print(os.listdir('/proc'))", ("No such file", "not allowed")),
+    }
+
+
+@pytest.mark.parametrize("audit", [True, False], ids=["hooks", "kernel-only"])
+def test_attacks_fail_with_a_reason(host, audit):
+    limits = SandboxLimits(audit_hooks=audit, **FAST)
+    for name, (code, fragments) in attacks(host).items():
+        start = time.monotonic()
+        report = run_tests(code, ["pass"], limits)
+        assert report.passed == [False], name
+        assert report.fraction == 0.0
+        reason = report.reasons[0] or report.reason or ""
+        assert any(f in reason for f in fragments), f"{name}: {reason!r}"
+        assert time.monotonic() - start < 10, name  # generous: CI machines are shared
+    assert sorted(p.name for p in host["dir"].iterdir()) == ["secret.txt"]  # nothing written on the host
+    assert host["secret"].read_text() == "TOP SECRET"
+    time.sleep(0.1)
+    assert sandbox_processes() == []  # every fork-bomb child died with its namespace
+
+
+def test_what_the_sandbox_sees():
+    hidden = [str(Path(__file__).resolve()), sys.prefix, str(Path.home() / ".bashrc"), "/etc/hostname"]
+    res = run_python("probe.py", {"probe.py": (
+        f"import os, socket\nassert not any(os.path.lexists(p) for p in {hidden!r})\n"
+        "print(os.getuid() != 0, os.getpid(), sorted(os.listdir('/')), socket.gethostname())\n"
+        "open('/sandbox/out.txt', 'w').write('ok'); open('/tmp/t', 'w').write('ok')\n"
+        "print(sorted(os.listdir('/sandbox')))\n")})
+    assert res.reason is None, res.stderr
+    first, second = res.stdout.splitlines()
+    assert first.startswith("True 1 ") and first.endswith(" sandbox")  # not root; PID 1; own hostname
+    top = set(eval(first[len("True 1 "):-len(" sandbox")]))
+    assert {"sandbox", "tmp", "dev"} <= top and not top & {"etc", "home", "proc", "sys", "var", "mnt", "opt"}
+    assert second == "['out.txt', 'probe.py']"
+
+
+def test_tests_pass_and_fail_for_the_right_reasons():
+    code = "def add(a, b):\n    return a + b\n"
+    report = run_tests(code, ["assert add(1, 2) == 3", "assert add(1, 1) == 3", "import sys; sys.exit(0)",
+                              "import os; os._exit(0)", "raise SystemExit(1)"], SandboxLimits(**FAST))
+    assert report.passed == [True, False, False, False, False]
+    assert report.reasons[1] == "AssertionError"
+    assert "exit(0) was called" in report.reasons[2]           # an early exit is not a pass
+    assert report.reasons[3] == "the test did not run to its end"
+    assert report.fraction == pytest.approx(0.2) and not report.all_passed
+    # The candidate's own exit at import time (before the tests) fails the asserts mode.
+    assert run_tests("import sys\nsys.exit(0)\n" + code, ["assert add(1, 2) == 3"]).passed == [False]
+    # stdio mode: compare stdout (trailing whitespace ignored), exit(0) allowed.
+    prog = "import sys\na, b = map(int, input().split())\nprint(a + b)\nsys.exit(0)\n"
+    stdio = run_tests(prog, {"inputs": ["1 2\n", "5 5\n"], "outputs": ["3  \n\n", "11"]}, SandboxLimits(**FAST))
+    assert stdio.passed == [True, False] and "wrong output" in stdio.reasons[1]
+
+
+def test_whole_run_wall_timeout():
+    limits = SandboxLimits(test_timeout_s=30, wall_s=1.0)
+    start = time.monotonic()
+    report = run_tests("import time; time.sleep(10**6)", ["pass", "pass"], limits)
+    assert time.monotonic() - start < 3
+    assert report.passed == [False, False] and "wall limit" in (report.reason or "")
+
+
+def test_setup_failure_is_sandbox_unavailable():
+    with pytest.raises(SandboxUnavailable, match="cannot build the sandbox"):
+        run_python("x.py", {"x.py": "pass"}, SandboxLimits(tmpfs_mb=-1))
+
+
+def test_normalise_tests_forms():
+    assert normalise_tests('["assert f()"]') == ("asserts", [{"code": "assert f()"}])
+    assert normalise_tests("assert f()") == ("asserts", [{"code": "assert f()"}])
+    assert normalise_tests({"stdio": [{"input": "1", "output": "2"}]}) == ("stdio", [{"input": "1", "output": "2"}])
+    with pytest.raises(ValueError, match="unknown keys"):
+        normalise_tests({"cases": []})
+    with pytest.raises(ValueError, match="differ in length"):
+        normalise_tests({"inputs": ["1"], "outputs": []})
+

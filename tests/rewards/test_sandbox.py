@@ -6,13 +6,18 @@ a failed test with a reason; this process survives and no sandbox process is lef
 """
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+import rewards.sandbox
 from rewards.sandbox import (
     SandboxLimits,
     SandboxUnavailable,
@@ -154,3 +159,44 @@ def test_normalise_tests_forms():
     with pytest.raises(ValueError, match="differ in length"):
         normalise_tests({"inputs": ["1"], "outputs": []})
 
+
+
+ROOTLESS_PROBE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from rewards.sandbox import SandboxLimits, run_tests, sandbox_support
+ok, why = sandbox_support()
+assert ok and "user namespace" in why, why
+lim = SandboxLimits(audit_hooks=False, cpu_s=1, test_timeout_s=1.5)
+assert run_tests("def f(x):\\n    return 2 * x", ["assert f(2) == 4"], lim).passed == [True]
+for attack in ("open('/etc/passwd').read()", "import os; os.chroot('/tmp')",
+               "import socket; socket.create_connection(('1.1.1.1', 53), timeout=1)"):
+    report = run_tests(attack, ["pass"], lim)
+    assert report.passed == [False] and report.reasons[0], (attack, report)
+print("ROOTLESS OK")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not os.access("/usr/bin/python3", os.X_OK),
+                    reason="needs root (to become another user), setpriv and a system /usr/bin/python3")
+def test_rootless_user_namespace_mode():
+    """An unprivileged user gets the same sandbox through a user namespace (when the kernel allows it)."""
+    if subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "unshare", "-U", "-r", "true"],
+                      capture_output=True, check=False).returncode != 0:
+        pytest.skip("unprivileged user namespaces are disabled here")
+    tmp = Path(tempfile.mkdtemp(prefix="dsa_rl_rootless_"))  # not under pytest's root-only tmp dir
+    try:
+        (tmp / "rewards").mkdir()
+        (tmp / "rewards" / "__init__.py").write_text("")
+        src = Path(rewards.sandbox.__file__).parent
+        for name in ("sandbox.py", "_sandbox_init.py", "_sandbox_harness.py"):
+            shutil.copy(src / name, tmp / "rewards" / name)
+        for p in [tmp, *tmp.rglob("*")]:
+            p.chmod(0o755)
+        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+                              "-I", "-c", ROOTLESS_PROBE, str(tmp)], capture_output=True, text=True, timeout=60, cwd="/", check=False)
+        if "No module named" in out.stderr:
+            pytest.skip(f"the system python lacks a stdlib module: {out.stderr.strip()[-200:]}")
+        assert out.stdout.strip() == "ROOTLESS OK", out.stderr
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

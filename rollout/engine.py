@@ -1,0 +1,292 @@
+"""`RolloutEngine`: batched autoregressive generation over `DSAForCausalLM`, Ray-free.
+
+gpt-fast-style loop on the model's static `DSACache`: one prefill of the left-padded prompts
+(explicit position ids, so padding changes nothing), then one forward per step with the last
+token of every row, sampling on the last-position logits only (`rollout.sampling`), every record
+written into preallocated per-step buffers, no `transformers.generate` machinery.
+
+Recorded per sampled token (see `rollout.types.Trajectory` for the memory forms):
+- the log-probability under the distribution actually drawn from (temperature, top-k / top-p,
+  renormalised);
+- the kept set, bit-packed (ceil(V/8) bytes per token), when truncation is on;
+- when `record_routes`: the MoE routes of every position (prompt from the prefill, sampled tokens
+  from the step that fed them), and when `record_topk`: the DSA selections of every position,
+  as positions inside the trajectory (0 = its first token; the engine's left padding is removed).
+  The final token of a row is never needed to sample anything, but to record its routes and
+  selections it is fed once more (one extra step when rows finish together): every position of
+  a trajectory then has the routes/selections a teacher-forced forward replays.
+
+Stopping is per row: EOS (unless `ignore_eos`), extra stop ids, stop strings (checked on the
+decoded tail of the rows whose newest token can end one: a per-vocabulary lookup, so most steps
+decode nothing), `max_new_tokens` (reason ``length``) and the context limit `max_seq_len`
+(reason ``context``). A finished row keeps the token that finished it. When at least
+`compact_fraction` of the batch rows have retired, the batch (cache included) is compacted, so
+finished rows stop costing compute.
+
+Departures from a textbook sampler: the log-probability of a greedy token is under the untruncated
+softmax at the given temperature; top-k keeps every id tied with the k-th value. Reproducibility:
+the same seed, prompts, parameters, model and device give the same trajectories (the batch split
+into micro-batches of `max_batch_size` rows, in order of decreasing prompt length, is part of that).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from rollout.sampling import SamplingParams, sample_next
+from rollout.types import Trajectory, pack_mask
+
+_REASONS = ("", "stop", "stop", "length", "context")  # codes 1 = EOS/id, 2 = stop string
+_EOS, _STR, _LEN, _CTX = 1, 2, 3, 4
+
+
+@dataclass
+class EngineConfig:
+    """Knobs of the engine itself (sampling knobs are `SamplingParams`)."""
+
+    max_batch_size: int = 64
+    """Rows decoded at once; more prompts are split into micro-batches."""
+    record_routes: bool = True
+    """Record MoE routes of every position (Keep Routing). Ignored for a model without MoE."""
+    record_topk: bool = False
+    """Record DSA selections of every position (replay). Ignored in dense attention mode."""
+    compact_fraction: float = 0.25
+    """Compact the batch when this fraction of its rows has retired (1 = never)."""
+    max_seq_len: int | None = None
+    """Context limit (prompt + sampled); None = the model's `max_position_embeddings`."""
+
+
+class RolloutEngine:
+    """Batched generation with recorded log-probs, kept sets, routes and selections.
+
+    model: a `DSAForCausalLM` (any device / dtype; it is not moved or put in eval mode here).
+    tokenizer: a `transformers` tokenizer (decoding, EOS and pad ids).
+    """
+
+    def __init__(self, model, tokenizer, config: EngineConfig | None = None, *, seed: int = 0) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or EngineConfig()
+        self.weight_version = 0
+        """Stamped on every trajectory; the worker sets it when it loads weights."""
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.eos_ids = _as_ids(tokenizer.eos_token_id) | _as_ids(model.config.eos_token_id)
+        self._seed = seed
+        self._generator: torch.Generator | None = None
+        self._stop_tables: dict[tuple[str, ...], torch.Tensor] = {}
+
+    # ---- public API -----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, prompts: Sequence[str | list[dict]]) -> list[list[int]]:
+        """Token ids of text prompts (as is) or chat message lists (chat template + assistant tag)."""
+        out = []
+        for p in prompts:
+            if isinstance(p, str):
+                out.append(self.tokenizer.encode(p, add_special_tokens=False))
+            else:
+                enc = self.tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True)
+                out.append(list(enc["input_ids"] if hasattr(enc, "keys") else enc))
+        return out
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams, *, seed: int | None = None
+    ) -> list[Trajectory]:
+        """Sample one continuation of each prompt (token id lists, any lengths).
+
+        seed: seeds a fresh generator for this call; None continues the engine's own generator
+        (seeded once at construction). Returns one `Trajectory` per prompt, in input order, with
+        `prompt_index` = position in `prompts` and `sample_index` 0 (callers re-stamp them).
+        """
+        if self._generator is None or seed is not None:
+            gen = torch.Generator(self.device).manual_seed(self._seed if seed is None else seed)
+            if seed is None:
+                self._generator = gen
+        else:
+            gen = self._generator
+        max_len = self.config.max_seq_len or self.model.config.max_position_embeddings
+        results: list[Trajectory | None] = [None] * len(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        todo = []
+        for i in order:
+            limit = min(params.max_new_tokens, max_len - len(prompts[i]))
+            if limit <= 0:  # nothing to sample: an empty continuation
+                reason = "length" if params.max_new_tokens <= 0 else "context"
+                results[i] = self._empty(list(prompts[i]), reason)
+            else:
+                todo.append(i)
+        bs = self.config.max_batch_size
+        with torch.no_grad():
+            for c in range(0, len(todo), bs):
+                idx = todo[c: c + bs]
+                for i, traj in zip(idx, self._run_batch([list(prompts[i]) for i in idx], params, gen, max_len)):
+                    results[i] = traj
+        for i, t in enumerate(results):
+            t.prompt_index = i
+        return results  # type: ignore[return-value]
+
+    def generate_greedy(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = ()
+    ) -> list[Trajectory]:
+        """Greedy (argmax) decoding, e.g. for evaluation."""
+        return self.generate(prompts, SamplingParams(greedy=True, max_new_tokens=max_new_tokens, stop=tuple(stop)))
+
+    # ---- one micro-batch ------------------------------------------------------------------------
+    def _run_batch(
+        self, prompts: list[list[int]], params: SamplingParams, gen: torch.Generator, max_len: int
+    ) -> list[Trajectory]:
+        model, cfg, dev = self.model, self.model.config, self.device
+        B = len(prompts)
+        lens = torch.tensor([len(p) for p in prompts], device=dev)
+        P = int(lens.max())
+        limit = torch.clamp(max_len - lens, max=params.max_new_tokens)  # (B,) >= 1
+        limit_is_ctx = limit < params.max_new_tokens
+        N = int(limit.max())
+        pad = P - lens  # (B,) left padding of each row
+        ids = torch.full((B, P), self.pad_id, dtype=torch.long, device=dev)
+        mask = torch.zeros(B, P, dtype=torch.long, device=dev)
+        for b, p in enumerate(prompts):
+            ids[b, P - len(p):] = torch.tensor(p, dtype=torch.long, device=dev)
+            mask[b, P - len(p):] = 1
+        rec_routes = self.config.record_routes and cfg.use_moe
+        rec_topk = self.config.record_topk and cfg.attention_mode == "sparse"
+        recording = rec_routes or rec_topk
+
+        cache = model.new_cache(B, P + N)
+        out = model(ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), cache=cache,
+                    logits_to_keep=1, output_expert_routes=rec_routes, output_topk_indices=rec_topk)
+        logits = out.logits[:, -1]  # (B, V)
+
+        # Per-step records, indexed by original row and step; entries past a row's end are garbage.
+        V = logits.shape[-1]
+        tokens = torch.full((B, N), self.pad_id, dtype=torch.long, device=dev)
+        logps = torch.zeros(B, N, dtype=torch.float32, device=dev)
+        masks = torch.zeros(B, N, (V + 7) // 8, dtype=torch.uint8, device=dev) if params.truncates else None
+        routes_p = sel_p = routes_g = sel_g = None
+        if rec_routes:
+            routes_p = torch.stack(out.expert_routes, dim=2).to(torch.int16)  # (B, P, n_moe, k)
+            routes_g = torch.zeros((B, N) + routes_p.shape[2:], dtype=torch.int16, device=dev)
+        if rec_topk:
+            sel_p = torch.stack(out.topk_indices, dim=2).to(torch.int32)  # (B, P, n_layers, index_topk)
+            sel_g = torch.full((B, N) + sel_p.shape[2:], -1, dtype=torch.int32, device=dev)
+        stop_ids = torch.tensor(sorted(set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_ids)),
+                                dtype=torch.long, device=dev)
+        stop_table = self._stop_table(params.stop, V) if params.stop else None
+        reason = torch.zeros(B, dtype=torch.int8, device=dev)
+        n_gen = torch.zeros(B, dtype=torch.long, device=dev)
+
+        # State of the current batch rows (shrinks on compaction); `rows` maps them to original rows.
+        rows = torch.arange(B, device=dev)
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        pos = lens.clone()[:, None]  # (B, 1): position of the next token fed
+        new_valid = torch.ones(B, 1, dtype=torch.long, device=dev)
+        for s in range(N):
+            tok, lp, keep = sample_next(logits, params, gen)
+            sampled = ~done
+            tokens[rows, s] = tok
+            logps[rows, s] = lp
+            if masks is not None:
+                masks[rows, s] = pack_mask(keep)
+            n_gen[rows] += sampled
+            fin_eos = sampled & torch.isin(tok, stop_ids)
+            fin_len = sampled & (s + 1 >= limit[rows])
+            fin_str = self._stop_string_hits(tok, sampled & ~fin_eos, rows, tokens, n_gen, params.stop,
+                                             stop_table) if stop_table is not None else torch.zeros_like(done)
+            code = torch.where(fin_eos, _EOS, torch.where(fin_str, _STR, torch.where(
+                limit_is_ctx[rows], _CTX, _LEN)))
+            finished = fin_eos | fin_str | fin_len
+            reason[rows] = torch.where(finished, code.to(torch.int8), reason[rows])
+            done = done | finished
+            feed = sampled if recording else ~done
+            n_feed = int(feed.sum())
+            if n_feed == 0:
+                break
+            if n_feed <= (1 - self.config.compact_fraction) * feed.shape[0]:
+                keep_rows = feed.nonzero().squeeze(-1)
+                cache.select_rows(keep_rows)
+                rows, done, pos, tok = rows[keep_rows], done[keep_rows], pos[keep_rows], tok[keep_rows]
+                new_valid = new_valid[: keep_rows.shape[0]]
+            out = model(tok[:, None], attention_mask=new_valid, position_ids=pos, cache=cache,
+                        output_expert_routes=rec_routes, output_topk_indices=rec_topk)
+            if rec_routes:
+                routes_g[rows, s] = torch.stack(out.expert_routes, dim=2)[:, 0].to(torch.int16)
+            if rec_topk:
+                sel_g[rows, s] = torch.stack(out.topk_indices, dim=2)[:, 0].to(torch.int32)
+            logits = out.logits[:, -1]
+            pos = pos + 1
+
+        return self._assemble(prompts, tokens, logps, masks, routes_p, routes_g, sel_p, sel_g, n_gen, reason, pad)
+
+    # ---- stop strings ---------------------------------------------------------------------------
+    def _stop_table(self, stop: tuple[str, ...], vocab: int) -> torch.Tensor:
+        """(V,) bool: the id's decoded text holds the last character of a stop string, or is a
+        partial UTF-8 sequence. Only rows whose newest token is such an id can have just completed
+        a stop string (a stop string's last byte lies in the newest token)."""
+        if stop not in self._stop_tables:
+            ends = {s[-1] for s in stop if s}
+            flags = []
+            for i in range(vocab):
+                text = self.tokenizer.decode([i], skip_special_tokens=True)
+                flags.append("\ufffd" in text or any(c in text for c in ends))
+            self._stop_tables[stop] = torch.tensor(flags, dtype=torch.bool, device=self.device)
+        return self._stop_tables[stop]
+
+    def _stop_string_hits(self, tok, candidates, rows, tokens, n_gen, stop, table) -> torch.Tensor:
+        """(B_cur,) bool: rows whose decoded tail now contains a stop string (candidates only)."""
+        hits = torch.zeros_like(candidates)
+        cand = (candidates & table[tok]).nonzero().squeeze(-1).tolist()
+        window = max(len(s.encode()) for s in stop) + 1  # each token decodes to >= 1 byte
+        for r in cand:
+            orig = int(rows[r])
+            n = int(n_gen[orig])
+            tail = self.tokenizer.decode(tokens[orig, max(0, n - window): n].tolist(), skip_special_tokens=True)
+            if any(s in tail for s in stop):
+                hits[r] = True
+        return hits
+
+    # ---- results --------------------------------------------------------------------------------
+    def _assemble(self, prompts, tokens, logps, masks, routes_p, routes_g, sel_p, sel_g, n_gen, reason, pad):
+        """Per-row `Trajectory` records on the CPU (prompt part first, left padding removed)."""
+        cpu = torch.device("cpu")
+        tokens, logps, n_gen, reason, pad = (t.to(cpu) for t in (tokens, logps, n_gen, reason, pad))
+        masks = masks.to(cpu) if masks is not None else None
+        routes_p, routes_g, sel_p, sel_g = (t.to(cpu) if t is not None else None
+                                            for t in (routes_p, routes_g, sel_p, sel_g))
+        out = []
+        for b, prompt in enumerate(prompts):
+            n, p0, plen = int(n_gen[b]), int(pad[b]), len(prompt)
+            gen = tokens[b, :n]
+            traj = Trajectory(
+                tokens=torch.cat([torch.tensor(prompt, dtype=torch.long), gen]),
+                prompt_len=plen,
+                loss_mask=torch.cat([torch.zeros(plen, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]),
+                logprobs=torch.cat([torch.zeros(plen), logps[b, :n]]),
+                completion=self.tokenizer.decode(gen.tolist(), skip_special_tokens=True),
+                finish_reason=_REASONS[int(reason[b])],
+                weight_version=self.weight_version,
+            )
+            if masks is not None:
+                traj.sampling_mask = torch.cat([masks.new_zeros((plen, masks.shape[-1])), masks[b, :n]])
+            if routes_p is not None:
+                traj.expert_routes = torch.cat([routes_p[b, p0:], routes_g[b, :n]])
+            if sel_p is not None:
+                sel = torch.cat([sel_p[b, p0:], sel_g[b, :n]])  # slot indices of this batch
+                traj.topk_indices = torch.where(sel >= 0, sel - p0, sel)
+            out.append(traj)
+        return out
+
+    def _empty(self, prompt: list[int], reason: str) -> Trajectory:
+        L = len(prompt)
+        return Trajectory(tokens=torch.tensor(prompt, dtype=torch.long), prompt_len=L,
+                          loss_mask=torch.zeros(L, dtype=torch.bool), logprobs=torch.zeros(L), completion="",
+                          finish_reason=reason, weight_version=self.weight_version)
+
+
+def _as_ids(x) -> set[int]:
+    if x is None:
+        return set()
+    return {int(x)} if isinstance(x, int) else {int(i) for i in x}

@@ -1,0 +1,119 @@
+"""Sampling of the next token with the exact kept set and log-probability (pure tensor functions).
+
+The distribution a token is drawn from (and whose log-probability is recorded as pi_old):
+
+    x = logits / temperature                          (fp32)
+    keep = top-k set of x, then the top-p nucleus of softmax(x) restricted to that set
+    q = softmax(x restricted to keep)                 (renormalised)
+
+- **top-k** (k > 0): every id whose scaled logit is >= the k-th largest value. Ties at the
+  threshold are all kept, so the set can exceed k (never smaller than k, for k <= V).
+- **top-p** (p < 1): on the top-k distribution, the shortest prefix of the ids sorted by
+  decreasing probability whose mass reaches p: id j (in that order) is kept iff the mass of the
+  ids strictly before it is < p. The most probable id is always kept. Applied after top-k
+  (the order of `transformers`' warpers).
+- **greedy**: argmax of the logits; its recorded log-probability is under the untruncated
+  softmax(x) and no kept set is recorded.
+
+A kept set is recorded only when truncation is on (top-k > 0 or top-p < 1): bool (B, V) here,
+bit-packed by the engine with `rollout.types.pack_mask`. `rl.losses.masked_log_probs` with the same
+temperature and mask computes the same q (the consistency check in `rollout.consistency`).
+
+One `torch.multinomial` call per step, driven by the caller's `torch.Generator`: reproducible for
+a given seed, batch composition and device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample one generation call (all rows share it)."""
+
+    temperature: float = 1.0
+    """Softmax temperature (> 0). With `greedy`, only scales the recorded log-probability."""
+    top_p: float = 1.0
+    """Nucleus mass in (0, 1]; 1 = off."""
+    top_k: int = 0
+    """Keep the k most likely ids; 0 = off."""
+    greedy: bool = False
+    """Argmax decoding (evaluation); no kept set is recorded."""
+    max_new_tokens: int = 64
+    """Limit on sampled tokens per row (finish reason ``length``)."""
+    stop: tuple[str, ...] = ()
+    """Stop strings: a row ends after the token that completes one in its decoded text."""
+    stop_token_ids: tuple[int, ...] = ()
+    """Extra ids that end a row, besides the tokenizer's EOS."""
+    ignore_eos: bool = False
+    """Do not stop on EOS (benchmarks: every row runs to `max_new_tokens`)."""
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature={self.temperature}: must be > 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k}: must be >= 0 (0 = off)")
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens}: must be >= 0")
+        object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+
+    @property
+    def truncates(self) -> bool:
+        """True when a kept set is recorded (top-k or top-p on, not greedy)."""
+        return not self.greedy and (self.top_k > 0 or self.top_p < 1.0)
+
+    @classmethod
+    def from_config(cls, cfg, **overrides) -> SamplingParams:
+        """From a `rl.config.RolloutConfig` (temperature, top_p, top_k, max_new_tokens, stop)."""
+        kw = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
+              "max_new_tokens": cfg.max_new_tokens, "stop": tuple(cfg.stop)}
+        return cls(**{**kw, **overrides})
+
+
+def kept_set(x: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor | None:
+    """The truncation's kept set of each row, or None when nothing is truncated.
+
+    x: (B, V) fp32 scaled logits (already divided by the temperature; may hold -inf).
+    Returns (B, V) bool, True = kept (see the module docstring for the exact rule).
+    """
+    V = x.shape[-1]
+    keep = None
+    if 0 < top_k < V:
+        kth = x.topk(top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest value
+        keep = x >= kth
+    if top_p < 1.0:
+        xk = x if keep is None else x.masked_fill(~keep, float("-inf"))
+        probs = torch.softmax(xk, dim=-1)  # (B, V)
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        before = torch.nn.functional.pad(sorted_p.cumsum(-1)[:, :-1], (1, 0))  # (B, V): mass before
+        keep_sorted = before < top_p  # the first id (mass 0 before it) is always kept
+        keep_p = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+        keep = keep_p if keep is None else keep & keep_p
+    return keep
+
+
+def sample_next(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Draw one token per row.
+
+    logits: (B, V) any float dtype (last-position logits).
+    Returns tokens (B,) int64, logprobs (B,) fp32 (log q(token), q the distribution drawn from),
+    keep (B, V) bool kept set or None (no truncation / greedy).
+    """
+    x = logits.float() / params.temperature  # (B, V)
+    if params.greedy:
+        tok = x.argmax(-1)
+        lp = x.gather(-1, tok[:, None]).squeeze(-1) - torch.logsumexp(x, dim=-1)
+        return tok, lp, None
+    keep = kept_set(x, params.top_k, params.top_p)
+    if keep is not None:
+        x = x.masked_fill(~keep, float("-inf"))
+    logq = torch.log_softmax(x, dim=-1)  # (B, V)
+    tok = torch.multinomial(logq.exp(), 1, generator=generator)  # (B, 1)
+    return tok.squeeze(-1), logq.gather(-1, tok).squeeze(-1), keep

@@ -30,7 +30,7 @@ from rewards.sandbox import (
 UID_BASE = 2_000_000  # rewards/_sandbox_init.py gives each sandbox the uid UID_BASE + pid
 
 pytestmark = pytest.mark.skipif(not sandbox_support()[0], reason=f"no sandbox here: {sandbox_support()[1]}")
-FAST = {"cpu_s": 1, "test_timeout_s": 1.5, "wall_s": 15}
+FAST = {"cpu_s": 1, "test_timeout_s": 1.0, "wall_s": 15}
 
 
 def sandbox_processes() -> list[int]:

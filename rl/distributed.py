@@ -1,0 +1,169 @@
+"""Process-group plumbing for the trainer: rank environment variables, free ports, and
+:class:`TrainerGroup`, N Ray actors each owning one data-parallel :class:`~rl.trainer.Trainer`.
+
+The trainer core (``rl.trainer``) never imports Ray: a single in-process ``Trainer`` is the
+default (``DeepSpeedConfig.num_processes == 1``); :func:`make_trainer` returns a ``TrainerGroup``
+only when more processes are asked for. The group follows the OpenRLHF pattern: start N actors,
+ask actor 0 for a rendezvous address, then have every actor set RANK / WORLD_SIZE / LOCAL_RANK /
+MASTER_ADDR / MASTER_PORT and build its Trainer at the same time (``deepspeed.init_distributed``
+is a collective). Every call (``train_step``, ``save``, ``load``, ``export_*``) is sent to all
+actors, since each one is a collective; the batch is put into the object store once and every
+actor reads it, each training on its own shard (see ``Trainer.train_step``).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RANK_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on ``host`` (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def set_rank_env(rank: int, world_size: int, local_rank: int, master_addr: str, master_port: int) -> None:
+    """Write the variables ``torch.distributed`` / DeepSpeed read at ``init_distributed``."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank),
+                      MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+
+
+def ensure_single_process_env() -> None:
+    """If no launcher set the rank variables, make this process rank 0 of 1 on 127.0.0.1.
+
+    Without them DeepSpeed falls back to MPI discovery (and fails without mpi4py)."""
+    if all(v in os.environ for v in RANK_VARS):
+        return
+    set_rank_env(0, 1, 0, "127.0.0.1", free_port())
+
+
+def default_backend() -> str:
+    """``nccl`` when CUDA is available, else ``gloo``."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_distributed() -> None:
+    """Join (or create) the default process group through DeepSpeed, once per process."""
+    import deepspeed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return
+    ensure_single_process_env()
+    deepspeed.init_distributed(dist_backend=default_backend(), auto_mpi_discovery=False)
+
+
+class TrainerWorker:
+    """The body of one trainer actor (wrapped with ``ray.remote`` by :class:`TrainerGroup`)."""
+
+    def __init__(self) -> None:
+        self.trainer = None
+
+    def node_address(self) -> tuple[str, int]:
+        """(this node's IP, a free port on it): the rendezvous point when this is rank 0."""
+        import ray
+
+        ip = ray.util.get_node_ip_address()
+        return ip, free_port("" if ip != "127.0.0.1" else ip)
+
+    def node_ip(self) -> str:
+        import ray
+
+        return ray.util.get_node_ip_address()
+
+    def setup(self, rank: int, world_size: int, local_rank: int, master_addr: str, master_port: int,
+              trainer_kwargs: dict[str, Any]) -> None:
+        set_rank_env(rank, world_size, local_rank, master_addr, master_port)
+        if torch.cuda.is_available() and torch.cuda.device_count() == 1:
+            os.environ["LOCAL_RANK"] = "0"  # Ray gave this actor one GPU: it is device 0 here
+        from rl.trainer import Trainer
+
+        self.trainer = Trainer(**trainer_kwargs)
+
+    def train_step(self, packed: tuple[list[Any], Any]) -> dict[str, float]:
+        """``packed`` = (trajectories, advantages), resolved by Ray from one object-store entry."""
+        return self.trainer.train_step(*packed)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.trainer, method)(*args, **kwargs)
+
+
+class TrainerGroup:
+    """N data-parallel trainer processes as Ray actors, with the :class:`~rl.trainer.Trainer` API.
+
+    Args:
+        num_processes: N actors (one DeepSpeed rank each).
+        cpus_per_actor / gpus_per_actor: Ray resources of each actor.
+        **trainer_kwargs: the :class:`~rl.trainer.Trainer` arguments; ``policy`` must be a picklable
+            zero-argument factory (each actor builds its own copy after seeding).
+
+    Methods mirror ``Trainer``; the return value is rank 0's (every rank returns the same metrics).
+    """
+
+    def __init__(self, num_processes: int, *, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0,
+                 **trainer_kwargs: Any) -> None:
+        import ray
+
+        if not callable(trainer_kwargs.get("policy")) or isinstance(trainer_kwargs.get("policy"),
+                                                                     torch.nn.Module):
+            raise TypeError("TrainerGroup needs policy= a picklable zero-argument factory, not a module")
+        actor_cls = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)(TrainerWorker)
+        self.actors = [actor_cls.remote() for _ in range(num_processes)]
+        addr, port = ray.get(self.actors[0].node_address.remote())
+        ips = ray.get([a.node_ip.remote() for a in self.actors])
+        # Local rank = index among the actors on the same node (each GPU actor sees only its own
+        # device through CUDA_VISIBLE_DEVICES; the trainer maps local rank onto visible devices).
+        local = [ips[:r].count(ip) for r, ip in enumerate(ips)]
+        ray.get([a.setup.remote(r, num_processes, local[r], addr, port, trainer_kwargs)
+                 for r, a in enumerate(self.actors)])
+
+    def _all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        import ray
+
+        return ray.get([a.call.remote(method, *args, **kwargs) for a in self.actors])
+
+    def train_step(self, trajectories: Sequence[Any], advantages: Any) -> dict[str, float]:
+        import ray
+
+        ref = ray.put((list(trajectories), advantages))  # one copy in the object store for all
+        return ray.get([a.train_step.remote(ref) for a in self.actors])[0]
+
+    def save(self, directory: str | Path, *, step: int, extra: dict[str, Any] | None = None,
+             keep: int | None = None) -> Path:
+        return self._all("save", directory, step=step, extra=extra, keep=keep)[0]
+
+    def load(self, directory: str | Path, tag: str | None = None) -> tuple[int, dict[str, Any]]:
+        return self._all("load", directory, tag)[0]
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        return self._all("export_state_dict")[0]
+
+    def export_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
+        return self._all("export_pretrained", directory, tokenizer)[0]
+
+    def shutdown(self) -> None:
+        """Kill the actors (their process group goes with them)."""
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+
+def make_trainer(policy: Callable[[], torch.nn.Module], *, num_processes: int, cpus_per_actor: float = 1.0,
+                 gpus_per_actor: float = 0.0, **trainer_kwargs: Any) -> Any:
+    """One in-process :class:`~rl.trainer.Trainer` when ``num_processes == 1``, else a
+    :class:`TrainerGroup` of Ray actors (Ray must be initialised by the caller)."""
+    if num_processes == 1:
+        from rl.trainer import Trainer
+
+        return Trainer(policy=policy, **trainer_kwargs)
+    return TrainerGroup(num_processes, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
+                        policy=policy, **trainer_kwargs)

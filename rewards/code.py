@@ -67,3 +67,6 @@ def code_exec(prompts: Sequence[Any], completions: Sequence[str], tests: Sequenc
     workers = max(1, min(max_parallel or os.cpu_count() or 1, len(completions)))
     with ThreadPoolExecutor(workers, thread_name_prefix="code_exec") as pool:
         return list(pool.map(score, range(len(completions))))
+
+
+code_exec.warmup = sandbox_support  # type: ignore[attr-defined]  # probe the sandbox before step 1

@@ -1,9 +1,12 @@
 """code_exec: the program in the answer part runs against the sample's tests in the sandbox."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from rewards.code import code_exec, run_completion_tests
+from rewards.runner import RewardRunner
 from rewards.sandbox import sandbox_support
 
 pytestmark = pytest.mark.skipif(not sandbox_support()[0], reason=f"no sandbox here: {sandbox_support()[1]}")
@@ -43,3 +46,19 @@ def test_reasons_are_available_per_test():
     report = run_completion_tests(fenced("def f():\n    return 1"), ["assert f() == 2"], **LIMITS)
     assert report.passed == [False] and report.reasons == ["AssertionError"]
     assert run_completion_tests("no code", ["assert True"]).reason == "no fenced code block in the answer"
+
+
+def test_a_hung_code_reward_leaves_no_sandbox_behind(sandbox_processes):
+    """The runner kills a worker stuck in code_exec at the deadline; the sandboxes it started die too."""
+    slow = {"cpu_s": 100, "test_timeout_s": 100, "wall_s": 100}
+    terms = {"code": {"name": "code_exec", "kwargs": {"limits": slow}}}
+    with RewardRunner(terms, timeout_s=1.0, num_workers=1, max_error_rate=1.0) as runner:
+        runner.score(["q"], [fenced("x = 1")], {"tests": [["assert x == 1"]]})  # warm
+        start = time.monotonic()
+        res = runner.score(["q"] * 2, [fenced("import time\ntime.sleep(1000)")] * 2, {"tests": [["pass"]] * 2})
+        assert time.monotonic() - start < 1.0 + 2.0
+    assert [e.kind for e in res.errors] == ["timeout", "timeout"]
+    deadline = time.monotonic() + 3
+    while sandbox_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sandbox_processes() == []

@@ -27,23 +27,8 @@ from rewards.sandbox import (
     sandbox_support,
 )
 
-UID_BASE = 2_000_000  # rewards/_sandbox_init.py gives each sandbox the uid UID_BASE + pid
-
 pytestmark = pytest.mark.skipif(not sandbox_support()[0], reason=f"no sandbox here: {sandbox_support()[1]}")
 FAST = {"cpu_s": 1, "test_timeout_s": 1.0, "wall_s": 15}
-
-
-def sandbox_processes() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            status = (entry / "status").read_text()
-        except (OSError, ValueError):
-            continue
-        uid_line = next((ln for ln in status.splitlines() if ln.startswith("Uid:")), "")
-        if uid_line and int(uid_line.split()[1]) >= UID_BASE:
-            pids.append(int(entry.name))
-    return pids
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +74,7 @@ def attacks(h: dict) -> dict[str, tuple[str, tuple[str, ...]]]:
 
 
 @pytest.mark.parametrize("audit", [True, False], ids=["hooks", "kernel-only"])
-def test_attacks_fail_with_a_reason(host, audit):
+def test_attacks_fail_with_a_reason(host, audit, sandbox_processes):
     limits = SandboxLimits(audit_hooks=audit, **FAST)
     for name, (code, fragments) in attacks(host).items():
         start = time.monotonic()

@@ -173,9 +173,9 @@ class MLAttention(nn.Module):
         h, q_nope, q_rope = p["h"], p["q_nope"], p["q_rope"]
         B, T, H, _ = q_nope.shape
         S = latents.shape[1]
-        run_indexer = topk_indices is None and (
-            (ctx.mode == "sparse" and (S > self.topk or ctx.want_topk)) or ctx.want_indexer_loss
-        )
+        # Select with the indexer unless replaying, or unless every key fits in k and nobody asked.
+        need_selection = ctx.mode == "sparse" and topk_indices is None and (S > self.topk or ctx.want_topk)
+        run_indexer = need_selection or ctx.want_indexer_loss
         if run_indexer:
             index_q = self.indexer.queries(p["q_latent"], *ctx.index_rope)  # (B, T, H_I, d_I) fp32
             index_w = self.indexer.head_weights(h)  # (B, T, H_I) fp32
@@ -201,7 +201,7 @@ class MLAttention(nn.Module):
                 continue
             if topk_indices is not None:
                 sel = topk_indices[:, q0:q1]
-            elif run_indexer:
+            elif need_selection:
                 sel = select_topk(scores_i, allowed, self.topk)  # (B, C, k)
             else:
                 sel = None
@@ -236,8 +236,8 @@ class MLAttention(nn.Module):
         """Absorbed attention over all S latents, -inf outside mask (B, C, S).
 
         Returns o_lat (B, C, H, kv_lora) and probs (B, H, C, S)."""
-        scores = torch.einsum("bthd,bsd->bhts", q_cat, latents) * self.scale  # (B, H, C, S)
-        scores = scores.masked_fill(~mask[:, None], float("-inf"))
+        scores = torch.einsum("bthd,bsd->bhts", q_cat * self.scale, latents)  # (B, H, C, S)
+        scores = scores.masked_fill_(~mask[:, None], float("-inf"))
         probs = torch.softmax(scores.float(), dim=-1).to(latents.dtype)
         return torch.einsum("bhts,bsc->bthc", probs, latents[..., : self.kv_lora]), probs
 
@@ -251,8 +251,9 @@ class MLAttention(nn.Module):
         support = sel >= 0
         flat = sel.clamp(min=0).reshape(B, C * k, 1).expand(B, C * k, D)
         picked = latents.gather(1, flat).view(B * C, k, D)  # (B*C, k, D)
-        scores = torch.bmm(q_cat.reshape(B * C, H, D), picked.transpose(1, 2)) * self.scale  # (B*C, H, k)
-        scores = scores.view(B, C, H, k).masked_fill(~support[:, :, None], float("-inf"))
+        q = (q_cat * self.scale).reshape(B * C, H, D)
+        scores = torch.bmm(q, picked.transpose(1, 2))  # (B*C, H, k)
+        scores = scores.view(B, C, H, k).masked_fill_(~support[:, :, None], float("-inf"))
         probs = torch.softmax(scores.float(), dim=-1).to(latents.dtype)  # (B, C, H, k)
         o_lat = torch.bmm(probs.view(B * C, H, k), picked[..., : self.kv_lora])  # (B*C, H, kv_lora)
         return o_lat.view(B, C, H, self.kv_lora), probs, support

@@ -67,6 +67,16 @@ def test_indexer_learns_only_from_its_loss(make_model) -> None:
     torch.testing.assert_close(out.loss, out.lm_loss + model.config.indexer_loss_weight * out.indexer_loss)
 
 
+@torch.no_grad()
+def test_sparse_indexer_loss_under_replay_equals_fresh(make_model) -> None:
+    model = make_model()
+    x = torch.randint(0, 64, (2, 14))
+    fresh = model(x, output_topk_indices=True, output_indexer_loss=True, use_cache=False)
+    replay = model(x, topk_indices=fresh.topk_indices, output_indexer_loss=True, use_cache=False)
+    torch.testing.assert_close(replay.indexer_loss, fresh.indexer_loss)
+    assert fresh.indexer_loss > 0
+
+
 def _attention_and_index_scores(model, x):
     """Per layer: (head-summed, L1-normalised dense attention probs (B, T, T), index scores (B, T, T)),
     recomputed from each attention layer's inputs (captured with hooks during a dense forward)."""
@@ -94,6 +104,16 @@ def _attention_and_index_scores(model, x):
             scores = index_scores(iq, p["index_k"].float(), attn.indexer.head_weights(h))
             result.append((target, scores.masked_fill(~allowed, float("-inf"))))
     return result
+
+
+def test_model_warmup_loss_is_mean_kl_over_tokens_and_layers(make_model) -> None:
+    model = make_model()
+    x = torch.randint(0, 64, (2, 10))
+    with torch.no_grad():
+        got = model(x, attention_mode="dense", output_indexer_loss=True, use_cache=False).indexer_loss
+    per_layer = [indexer_kl(scores, target, torch.isfinite(scores)).mean()
+                 for target, scores in _attention_and_index_scores(model, x)]
+    torch.testing.assert_close(got, torch.stack(per_layer).mean())
 
 
 def _topk_overlap(model, x, k: int) -> float:

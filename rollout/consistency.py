@@ -34,7 +34,8 @@ class ReplayBatch:
     logprobs: torch.Tensor
     """(B, T) fp32 recorded sampler log-probs (0 elsewhere)."""
     sampling_mask: torch.Tensor | None
-    """(B, T, V) bool kept sets (full vocabulary for trajectories without one), or None if none has one."""
+    """(B, T, V) bool kept sets (all True for trajectories without one, empty on padding), or None
+    when no trajectory has one."""
     expert_routes: tuple[torch.Tensor, ...] | None
     """Per MoE layer (B, T, top_k) int64, or None when not every trajectory has routes."""
     topk_indices: tuple[torch.Tensor, ...] | None
@@ -50,7 +51,7 @@ def replay_batch(trajs: Sequence[Trajectory], vocab_size: int, pad_id: int = 0,
     loss = torch.zeros(B, T, dtype=torch.bool)
     lps = torch.zeros(B, T)
     any_mask = any(t.sampling_mask is not None for t in trajs)
-    keep = torch.ones(B, T, vocab_size, dtype=torch.bool) if any_mask else None
+    keep = torch.zeros(B, T, vocab_size, dtype=torch.bool) if any_mask else None
     routes = sels = None
     if all(t.expert_routes is not None for t in trajs):
         _, n_moe, k = trajs[0].expert_routes.shape
@@ -65,8 +66,8 @@ def replay_batch(trajs: Sequence[Trajectory], vocab_size: int, pad_id: int = 0,
         attn[b, :L] = 1
         loss[b, :L] = t.loss_mask
         lps[b, :L] = t.logprobs
-        if keep is not None and t.sampling_mask is not None:
-            keep[b, :L] = unpack_mask(t.sampling_mask, vocab_size)
+        if keep is not None:
+            keep[b, :L] = True if t.sampling_mask is None else unpack_mask(t.sampling_mask, vocab_size)
         if routes is not None:
             routes[b, :L] = t.expert_routes.long()
         if sels is not None:

@@ -1,0 +1,180 @@
+"""`RolloutPool`: N `RolloutWorker` Ray actors, dynamic dispatch of prompt chunks, weight sync, recovery.
+
+Dispatch: every prompt is repeated `group_size` times (GRPO groups); the B*G items, in
+(prompt_index, sample_index) order, are cut into chunks. Each worker holds at most
+`max_in_flight` chunks (so it never idles between two); the pool waits on whichever chunk finishes
+first (`ray.wait`, num_returns=1) and refills that worker. A slow chunk delays only itself.
+Each chunk has its own seed (from the call's seed and the chunk index), so the trajectories do not
+depend on which worker ran a chunk, nor on a retry: a run with a crash returns the same samples as
+one without.
+
+Recovery: when a worker's process dies (`RayActorError` from any of its chunks), the pool kills
+the handle, starts a fresh actor, loads the latest weights into it (object-store copy) and
+re-queues every chunk that was in flight on the dead worker. Results are keyed by chunk, so no
+item is lost or duplicated. A worker is re-created at most `max_restarts` times.
+
+Weights: `push_weights` puts the state dict into the object store once (`ray.put`) and passes the
+ref to every worker; `broadcast_weights` sends them through a `torch.distributed` broadcast group
+(NCCL on GPU; gloo works on CPU) whose rank 0 is this process, and by default also keeps an
+object-store copy for re-created workers. A weight push happens between `generate` calls, so no
+sample mixes versions.
+
+`ray.init()` starts a local cluster (`ray_num_cpus` CPUs) when Ray is not initialised yet.
+"""
+from __future__ import annotations
+
+import socket
+from collections import deque
+from collections.abc import Sequence
+
+import ray
+
+from rollout.engine import EngineConfig
+from rollout.sampling import SamplingParams
+from rollout.types import Trajectory
+from rollout.worker import RolloutWorker, broadcast_state, weight_group
+
+
+class RolloutPool:
+    """Ray rollout workers behind one `generate` call. See the module docstring."""
+
+    def __init__(self, model_config, tokenizer: str | None = None, engine_config: EngineConfig | None = None, *,
+                 num_workers: int = 1, state_dict: dict | None = None, num_cpus_per_worker: float = 1,
+                 num_gpus_per_worker: float = 0, chunk_size: int | None = None, max_in_flight: int = 2,
+                 max_restarts: int = 3, seed: int = 0, ray_num_cpus: int | None = None) -> None:
+        if not ray.is_initialized():
+            ray.init(num_cpus=ray_num_cpus, include_dashboard=False)
+        self._actor_cls = ray.remote(RolloutWorker)
+        self._worker_args = (model_config, tokenizer, engine_config)
+        self._opts = {"num_cpus": num_cpus_per_worker, "num_gpus": num_gpus_per_worker, "max_restarts": 0}
+        self._threads = max(1, int(num_cpus_per_worker))
+        self.chunk_size = chunk_size
+        self.max_in_flight = max_in_flight
+        self.max_restarts = max_restarts
+        self.restarts = [0] * num_workers
+        """Re-creations per worker slot so far."""
+        self.version = 0
+        """Weight version of the last push."""
+        self._weights_ref = ray.put(_cpu_state(state_dict)) if state_dict is not None else None
+        self._seed = seed
+        self._calls = 0
+        self._group = None
+        self.workers = [self._spawn() for _ in range(num_workers)]
+
+    def _spawn(self):
+        w = self._actor_cls.options(**self._opts).remote(*self._worker_args, num_threads=self._threads)
+        if self._weights_ref is not None:
+            w.load_weights.remote(self._weights_ref, self.version)  # ordered before any later call
+        return w
+
+    def _replace(self, i: int) -> None:
+        if self.restarts[i] >= self.max_restarts:
+            raise RuntimeError(f"rollout worker {i} died {self.restarts[i] + 1} times (max_restarts="
+                               f"{self.max_restarts})")
+        self.restarts[i] += 1
+        ray.kill(self.workers[i], no_restart=True)
+        self.workers[i] = self._spawn()
+        self._group = None  # a broadcast group must be rebuilt with the new process
+
+    # ---- weights --------------------------------------------------------------------------------
+    def push_weights(self, state_dict: dict, version: int) -> None:
+        """Send a full state dict to every worker through the object store (one `ray.put`)."""
+        self._weights_ref = ray.put(_cpu_state(state_dict))
+        self.version = version
+        self._on_all(lambda w: w.load_weights.remote(self._weights_ref, version))
+
+    def broadcast_weights(self, state_dict: dict, version: int, *, backend: str | None = None,
+                          keep_cpu_copy: bool = True) -> None:
+        """Send `state_dict` (this process is rank 0; tensors on its device) by a collective broadcast.
+
+        backend: "nccl" (default when the tensors are on CUDA) or "gloo". The tensors must be in the
+        workers' `state_dict()` order with the same shapes and dtypes. keep_cpu_copy: also `ray.put`
+        a CPU copy, which a re-created worker loads.
+        """
+        tensors = list(state_dict.values())
+        backend = backend or ("nccl" if tensors[0].is_cuda else "gloo")
+        if self._group is None or self._group[0] != backend:
+            port = _free_port()
+            addr = ray.util.get_node_ip_address()
+            n = len(self.workers) + 1
+            refs = [w.join_weight_group.remote(backend, addr, port, r + 1, n) for r, w in enumerate(self.workers)]
+            self._group = (backend, weight_group(backend, addr, port, 0, n))
+            ray.get(refs)
+        refs = [w.receive_broadcast.remote(version) for w in self.workers]
+        broadcast_state(self._group[1], tensors)
+        ray.get(refs)
+        self.version = version
+        if keep_cpu_copy:
+            self._weights_ref = ray.put(_cpu_state(state_dict))
+
+    def versions(self) -> list[int]:
+        """The weight version each worker holds now."""
+        return ray.get([w.version.remote() for w in self.workers])
+
+    def _on_all(self, call) -> None:
+        """Run `call(worker)` on every worker; a worker that died is re-created (with the latest
+        weights) instead."""
+        refs = {i: call(w) for i, w in enumerate(self.workers)}
+        for i, ref in refs.items():
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError:
+                self._replace(i)
+
+    # ---- generation -----------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, group_size: int = 1, *,
+                 seed: int | None = None) -> list[Trajectory]:
+        """Sample `group_size` trajectories per prompt; returned in (prompt_index, sample_index) order.
+
+        seed: None derives one from the pool seed and a call counter (fresh samples every call,
+        reproducible over a run).
+        """
+        if seed is None:
+            seed = self._seed * 1_000_003 + self._calls
+        self._calls += 1
+        items = [(p, s) for p in range(len(prompts)) for s in range(group_size)]
+        size = self.chunk_size or max(1, -(-len(items) // (2 * len(self.workers))))
+        chunks = [items[i: i + size] for i in range(0, len(items), size)]
+        results: list[list[Trajectory] | None] = [None] * len(chunks)
+        pending = deque(range(len(chunks)))
+        in_flight: dict = {}  # ObjectRef -> (worker slot, chunk index)
+        load = [0] * len(self.workers)
+        while pending or in_flight:
+            for i in range(len(self.workers)):
+                while pending and load[i] < self.max_in_flight:
+                    c = pending.popleft()
+                    chunk = chunks[c]
+                    ref = self.workers[i].generate.remote(
+                        [prompts[p] for p, _ in chunk], params, seed=seed * 100_003 + c,
+                        prompt_indices=[p for p, _ in chunk], sample_indices=[s for _, s in chunk])
+                    in_flight[ref] = (i, c)
+                    load[i] += 1
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            i, c = in_flight.pop(ready[0])
+            load[i] -= 1
+            try:
+                results[c] = ray.get(ready[0])
+            except ray.exceptions.RayActorError:
+                lost = [c] + [cc for ref, (ii, cc) in list(in_flight.items()) if ii == i]
+                for ref in [r for r, (ii, _) in in_flight.items() if ii == i]:
+                    del in_flight[ref]
+                load[i] = 0
+                pending.extendleft(sorted(lost, reverse=True))
+                self._replace(i)
+        return [t for chunk in results for t in chunk]  # type: ignore[union-attr]
+
+    def shutdown(self) -> None:
+        """Kill the workers (Ray itself keeps running)."""
+        for w in self.workers:
+            ray.kill(w, no_restart=True)
+        self.workers = []
+
+
+def _cpu_state(state_dict: dict) -> dict:
+    return {k: v.detach().to("cpu") for k, v in state_dict.items()}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]

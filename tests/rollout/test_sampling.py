@@ -1,0 +1,103 @@
+"""rollout.sampling: kept sets are exactly the top-k / top-p definitions; log-probs and draws follow q."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rollout.sampling import SamplingParams, kept_set, sample_next
+
+
+def _direct_kept(row: list[float], top_k: int, top_p: float) -> set[int]:
+    """The definitions, one row, in float64 Python: top-k with ties kept, then the nucleus."""
+    V = len(row)
+    ids = set(range(V))
+    if 0 < top_k < V:
+        kth = sorted(row, reverse=True)[top_k - 1]
+        ids = {i for i in range(V) if row[i] >= kth}
+    if top_p < 1:
+        m = max(row[i] for i in ids)
+        z = sum(math.exp(row[i] - m) for i in ids)
+        order = sorted(ids, key=lambda i: -row[i])
+        keep, mass = set(), 0.0
+        for i in order:
+            if mass < top_p:
+                keep.add(i)
+            mass += math.exp(row[i] - m) / z
+        ids = keep
+    return ids
+
+
+def test_top_k_hand_values() -> None:
+    x = torch.tensor([[1.0, 3.0, 2.0, 3.0, 0.0]])
+    assert kept_set(x, 2, 1.0)[0].tolist() == [False, True, False, True, False]
+    assert kept_set(x, 3, 1.0)[0].tolist() == [False, True, True, True, False]
+    assert kept_set(x, 1, 1.0)[0].tolist() == [False, True, False, True, False]  # a tie at the k-th value: both
+    assert kept_set(x, 0, 1.0) is None and kept_set(x, 5, 1.0) is None  # nothing truncated
+
+
+def test_top_p_hand_values() -> None:
+    x = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()  # masses before each id: 0, .5, .8, .95
+    assert kept_set(x, 0, 0.75)[0].tolist() == [True, True, False, False]
+    assert kept_set(x, 0, 0.85)[0].tolist() == [True, True, True, False]
+    assert kept_set(x, 0, 0.4)[0].tolist() == [True, False, False, False]  # the top id always stays
+    # top-k first (k=2 -> {0.5, 0.3} renormalised to 0.625, 0.375), then the nucleus on that
+    assert kept_set(x, 2, 0.6)[0].tolist() == [True, False, False, False]
+    assert kept_set(x, 2, 0.7)[0].tolist() == [True, True, False, False]
+
+
+@pytest.mark.parametrize(("top_k", "top_p"), [(20, 1.0), (0, 0.9), (20, 0.9), (5, 0.5), (0, 0.3)])
+def test_kept_set_equals_direct_computation(top_k: int, top_p: float) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 300, generator=g) * 3
+    keep = kept_set(x, top_k, top_p)
+    for b in range(x.shape[0]):
+        assert set(keep[b].nonzero().squeeze(-1).tolist()) == _direct_kept(x[b].double().tolist(), top_k, top_p)
+
+
+def test_logprob_is_renormalised_truncated_softmax() -> None:
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(8, 50, generator=g) * 2
+    params = SamplingParams(temperature=0.7, top_k=10, top_p=0.8)
+    tok, lp, keep = sample_next(logits, params, g)
+    x = logits.double() / 0.7
+    for b in range(8):
+        assert keep[b, tok[b]]  # never outside the kept set
+        kept = keep[b].nonzero().squeeze(-1)
+        expected = x[b, tok[b]] - torch.logsumexp(x[b, kept], dim=0)
+        assert abs(float(lp[b]) - float(expected)) < 1e-6
+
+
+def test_draws_follow_q_and_are_seeded() -> None:
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0]).expand(20000, 5)
+    params = SamplingParams(temperature=1.0, top_k=3)
+    tok, _, _ = sample_next(logits, params, torch.Generator().manual_seed(5))
+    q = torch.softmax(torch.tensor([2.0, 1.0, 0.5]), 0)
+    freq = torch.bincount(tok, minlength=5).double() / 20000
+    assert freq[3:].sum() == 0
+    assert torch.allclose(freq[:3], q.double(), atol=0.015)  # ~4 sigma at n=20000
+    again, _, _ = sample_next(logits, params, torch.Generator().manual_seed(5))
+    assert torch.equal(tok, again)
+
+
+def test_greedy() -> None:
+    logits = torch.tensor([[0.0, 3.0, 1.0], [5.0, 1.0, 1.0]])
+    tok, lp, keep = sample_next(logits, SamplingParams(greedy=True, top_k=1), None)
+    assert tok.tolist() == [1, 0] and keep is None
+    assert torch.allclose(lp, torch.log_softmax(logits, -1).gather(-1, tok[:, None]).squeeze(-1))
+
+
+def test_params_validation_and_config() -> None:
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=0.0)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=1.5)
+    with pytest.raises(ValueError, match="top_k"):
+        SamplingParams(top_k=-1)
+    assert not SamplingParams().truncates and SamplingParams(top_p=0.9).truncates
+    assert not SamplingParams(greedy=True, top_k=5).truncates
+    from rl.config import RolloutConfig
+
+    p = SamplingParams.from_config(RolloutConfig(top_p=0.95, stop=["</a>"]), max_new_tokens=7)
+    assert (p.top_p, p.stop, p.max_new_tokens) == (0.95, ("</a>",), 7)

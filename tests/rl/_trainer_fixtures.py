@@ -91,11 +91,33 @@ def fixed_advantages(n: int, seed: int = 1) -> torch.Tensor:
 
 def algo(**overrides) -> AlgorithmConfig:
     """A test AlgorithmConfig: large LR so one update moves weights visibly, no warm-up."""
-    base = dict(lr=1e-2, warmup_steps=0, mini_batch_size=8, micro_batch_size=2, kl_coef=0.1,
-                off_policy_delta=0.05, keep_indexing=True)
+    base = {"lr": 1e-2, "warmup_steps": 0, "mini_batch_size": 8, "micro_batch_size": 2, "kl_coef": 0.1,
+                "off_policy_delta": 0.05, "keep_indexing": True}
     base.update(overrides)
     return AlgorithmConfig(**base)
 
 
 def ds(stage: int = 0) -> DeepSpeedConfig:
     return DeepSpeedConfig(zero_stage=stage)
+
+
+def one_update(stage: int, **algo_overrides) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """A fresh trainer at ZeRO ``stage``, one train_step on the fixed batch: (metrics, weights)."""
+    from rl.trainer import Trainer
+
+    trajs = sample_trajectories(tiny_policy(seed=0))
+    trainer = Trainer(tiny_policy, algo(**algo_overrides), ds(stage))
+    metrics = trainer.train_step(trajs, fixed_advantages(len(trajs)))
+    return metrics, trainer.export_state_dict()
+
+
+def zero_matrix_worker(rank: int, world: int, port: int, out: str, stages: list[int]) -> None:
+    """torch.multiprocessing entry: rank of ``world`` runs :func:`one_update` for each stage;
+    rank 0 saves ``{stage: (metrics, weights)}`` to ``out``."""
+    from rl.distributed import set_rank_env
+
+    torch.set_num_threads(1)
+    set_rank_env(rank, world, rank, "127.0.0.1", port)
+    results = {stage: one_update(stage) for stage in stages}
+    if rank == 0:
+        torch.save(results, out)

@@ -68,19 +68,23 @@ class MoE(nn.Module):
         return routes, weights
 
     def forward(self, h: torch.Tensor, routes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """h (B, T, d); routes: optional (B, T, k) to enforce. Returns (out (B, T, d), routes)."""
+        """h (B, T, d); routes: optional (B, T, k) to enforce. Returns (out (B, T, d), routes).
+
+        Dispatch by sorting the (token, slot) pairs by expert: each expert runs once on its
+        contiguous rows (experts with no rows run on 0 rows, so every parameter joins every step's
+        graph, as ZeRO-3's hooks expect), then a permutation puts the rows back; no scatter-add."""
         B, T, d = h.shape
+        k = self.top_k
         routes, weights = self.route(h, routes)
         flat = h.reshape(B * T, d)
-        flat_routes = routes.reshape(B * T, self.top_k)
-        flat_w = weights.reshape(B * T, self.top_k).to(h.dtype)
-        out = torch.zeros_like(flat)
-        for e, expert in enumerate(self.experts):
-            # Experts with no tokens still run (on 0 rows): every parameter joins every step's graph,
-            # which ZeRO-3's parameter hooks expect to be the same on all ranks.
-            token, slot = (flat_routes == e).nonzero(as_tuple=True)
-            y = expert(flat.index_select(0, token)) * flat_w[token, slot].unsqueeze(-1)
-            out = out.index_add(0, token, y)
+        pair_expert = routes.reshape(-1)  # (B*T*k,)
+        order = torch.argsort(pair_expert, stable=True)
+        counts = torch.bincount(pair_expert, minlength=self.n_experts).tolist()
+        rows = flat.index_select(0, order // k)  # (B*T*k, d), grouped by expert
+        ys = [expert(chunk) for expert, chunk in zip(self.experts, rows.split(counts), strict=True)]
+        y_sorted = torch.cat(ys) * weights.reshape(-1)[order].to(h.dtype).unsqueeze(-1)
+        y = torch.empty_like(y_sorted).index_copy(0, order, y_sorted)  # back to (token, slot) order
+        out = y.view(B * T, k, d).sum(1)
         if self.shared is not None:
             out = out + self.shared(flat)
         return out.view(B, T, d), routes

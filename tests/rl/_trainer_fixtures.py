@@ -16,10 +16,10 @@ from rollout.types import Trajectory, pack_mask
 VOCAB = 96
 
 
-def tiny_policy(seed: int = 0, **overrides) -> DSAForCausalLM:
+def tiny_policy(seed: int = 0, vocab_size: int = VOCAB, **overrides) -> DSAForCausalLM:
     """The tiny DSA preset at a small vocabulary, index_topk=8 so sparse attention is active."""
     torch.manual_seed(seed)
-    cfg = DSAConfig.from_preset("tiny", vocab_size=VOCAB, index_topk=8, hidden_size=64,
+    cfg = DSAConfig.from_preset("tiny", vocab_size=vocab_size, index_topk=8, hidden_size=64,
                                 q_lora_rank=32, kv_lora_rank=32, intermediate_size=128,
                                 moe_intermediate_size=64, num_hidden_layers=3, **overrides)
     return DSAForCausalLM(cfg)

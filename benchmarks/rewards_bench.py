@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rewards.builtin import format_reward, language_consistency, length_penalty, math_correct
 from rewards.code import code_exec
@@ -82,7 +83,7 @@ def main() -> None:
     code = "<think>t</think>```python\ndef f(x):\n    return x * x\n```"
     tests = [["assert f(1) == 1", "assert f(2) == 4", "assert f(3) == 9"]] * 16
     for par in (1, 2, 4):
-        s = timed(lambda: code_exec(["q"] * 16, [code] * 16, tests=tests, max_parallel=par), r)
+        s = timed(lambda par=par: code_exec(["q"] * 16, [code] * 16, tests=tests, max_parallel=par), r)
         print(f"| code_exec, 16 programs x 3 tests, max_parallel={par} | {s * 1e3:.0f} | {16 / s:,.1f} |")
 
 

@@ -6,8 +6,9 @@ term's values, and a record of every failed (term, sample) with the sample's tex
 
 How a step runs (the guarantees the loop relies on):
 
-* Each term is called on contiguous chunks of the batch (``num_workers`` chunks), all chunks of
-  all terms in parallel over ``num_workers`` workers; the calling thread only waits.
+* Each term is called on ``num_workers`` contiguous chunks of the batch, in parallel on that
+  term's own ``num_workers`` workers (so a hanging term never holds up another); all terms run at
+  once, and the calling thread only waits.
 * **Deadline**: every call of a step shares one deadline, ``timeout_s`` after the step starts
   (calls still queued then are timed out too). A call that raised or returned a malformed list
   on a chunk of several samples is retried sample by sample to find the offending sample; the
@@ -18,14 +19,16 @@ How a step runs (the guarantees the loop relies on):
   at the first with :class:`RewardError`; ``"count"`` continues unless the step's error rate
   (failed pairs / (terms x samples)) exceeds ``max_error_rate``.
 * **Isolation** ``"process"`` (default): terms found by name, entry point or dotted path run in
-  worker processes that re-import them; a call past the deadline gets its worker's whole process
-  group killed and a fresh worker started, so a hung reward leaks nothing. Callables passed
-  directly (lambdas, closures) cannot be re-imported and run in threads. ``"thread"``: every
-  term runs in threads (for rewards that must share the caller's memory, e.g. a model on the
-  GPU). A thread cannot be killed: a hung one is abandoned and counted, and once ``max_hung``
-  abandoned threads are still alive the runner refuses further calls (errors, so the error-rate
-  check stops the run) instead of leaking without bound. ``async def`` rewards are awaited with
-  the deadline and cancelled cleanly in both modes.
+  worker processes (``num_workers`` per term) that re-import them and call ``fn.warmup()`` if it
+  exists; start-up is waited for outside the deadline. A call past the deadline gets its
+  worker's whole process group killed and a fresh worker started, so a hung reward leaks
+  nothing (sandboxes it started die with it too). Callables passed directly (lambdas, closures)
+  cannot be re-imported and run in threads. ``"thread"``: every term runs in threads (for
+  rewards that must share the caller's memory, e.g. a model on the GPU). A thread cannot be
+  killed: a hung one is abandoned and counted, and once ``max_hung`` abandoned threads of a term
+  are still alive the runner refuses that term's calls (errors, so the error-rate check stops the
+  run) instead of leaking without bound. ``async def`` rewards are awaited with the deadline and
+  cancelled cleanly in both modes.
 
 Not in the paper: V3.2 does not describe its reward infrastructure.
 """

@@ -92,7 +92,7 @@ def test_sleep_forever_does_not_stall_a_step_past_its_timeout_thread_mode():
     for step in range(2):
         start = time.monotonic()
         res = runner.score(["q"] * 4, ["a", "bb", "c", "d"])
-        assert time.monotonic() - start < 0.3 + 0.5
+        assert time.monotonic() - start < 0.3 + 1.0  # the deadline, plus slack for a loaded machine
         assert [e.kind for e in res.errors] == ["timeout"] * 4 and res.per_term["len"] == [1, 2, 1, 1]
     # Two hung threads per step, capped at max_hung=4: the third step refuses instead of leaking more.
     res = runner.score(["q"] * 4, ["a", "bb", "c", "d"])

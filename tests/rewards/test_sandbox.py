@@ -28,7 +28,10 @@ from rewards.sandbox import (
 )
 
 pytestmark = pytest.mark.skipif(not sandbox_support()[0], reason=f"no sandbox here: {sandbox_support()[1]}")
-FAST = {"cpu_s": 1, "test_timeout_s": 1.0, "wall_s": 15}
+# CPU limits are load-independent; wall timeouts are generous (CI machines are shared) except for
+# the attacks that can only end by one (TIMES_OUT), where a short one keeps the suite fast.
+FAST = {"cpu_s": 1, "test_timeout_s": 4.0, "wall_s": 30}
+TIMES_OUT = {"fork bomb", "sleep forever", "memory bomb, touched"}
 
 
 @pytest.fixture(scope="module")
@@ -75,15 +78,15 @@ def attacks(h: dict) -> dict[str, tuple[str, tuple[str, ...]]]:
 
 @pytest.mark.parametrize("audit", [True, False], ids=["hooks", "kernel-only"])
 def test_attacks_fail_with_a_reason(host, audit, sandbox_processes):
-    limits = SandboxLimits(audit_hooks=audit, **FAST)
     for name, (code, fragments) in attacks(host).items():
+        limits = SandboxLimits(audit_hooks=audit, **{**FAST, "test_timeout_s": 1.0 if name in TIMES_OUT else 4.0})
         start = time.monotonic()
         report = run_tests(code, ["pass"], limits)
         assert report.passed == [False], name
         assert report.fraction == 0.0
         reason = report.reasons[0] or report.reason or ""
         assert any(f in reason for f in fragments), f"{name}: {reason!r}"
-        assert time.monotonic() - start < 10, name  # generous: CI machines are shared
+        assert time.monotonic() - start < 15, name
     assert sorted(p.name for p in host["dir"].iterdir()) == ["secret.txt"]  # nothing written on the host
     assert host["secret"].read_text() == "TOP SECRET"
     time.sleep(0.1)
@@ -119,14 +122,14 @@ def test_tests_pass_and_fail_for_the_right_reasons():
     # stdio mode: compare stdout (trailing whitespace ignored), exit(0) allowed.
     prog = "import sys\na, b = map(int, input().split())\nprint(a + b)\nsys.exit(0)\n"
     stdio = run_tests(prog, {"inputs": ["1 2\n", "5 5\n"], "outputs": ["3  \n\n", "11"]}, SandboxLimits(**FAST))
-    assert stdio.passed == [True, False] and "wrong output" in stdio.reasons[1]
+    assert stdio.passed == [True, False] and "wrong output" in stdio.reasons[1], stdio
 
 
 def test_whole_run_wall_timeout():
     limits = SandboxLimits(test_timeout_s=30, wall_s=1.0)
     start = time.monotonic()
     report = run_tests("import time; time.sleep(10**6)", ["pass", "pass"], limits)
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < 5
     assert report.passed == [False, False] and "wall limit" in (report.reason or "")
 
 

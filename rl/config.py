@@ -89,6 +89,12 @@ class AlgorithmConfig:
     """AdamW weight decay."""
     warmup_steps: int = _f(5, ge=0)
     """Linear LR warm-up, in optimizer steps."""
+    lr_schedule: str = _f("constant", choices=("constant", "cosine"))
+    """LR after warm-up: ``constant``, or ``cosine`` decay to ``min_lr_ratio * lr`` at ``lr_decay_steps``."""
+    lr_decay_steps: Optional[int] = _f(None, ge=1)
+    """Optimizer step at which the cosine schedule reaches its floor (required by ``cosine``)."""
+    min_lr_ratio: float = _f(0.0, ge=0.0, le=1.0)
+    """Floor of the cosine schedule, as a fraction of ``lr``."""
     grad_clip: float = _f(1.0, gt=0.0)
     """Global gradient-norm clip."""
     epochs_per_batch: int = _f(1, ge=1)
@@ -336,6 +342,9 @@ def _check_cross_fields(obj: Any, prefix: str) -> None:
         raise ConfigError(
             f"{prefix}micro_batch_size={obj.micro_batch_size} is invalid: must be <= "
             f"{prefix}mini_batch_size={obj.mini_batch_size}")
+    if isinstance(obj, AlgorithmConfig) and obj.lr_schedule == "cosine" and obj.lr_decay_steps is None:
+        raise ConfigError(f"{prefix}lr_decay_steps=None is invalid with {prefix}lr_schedule=cosine: "
+                          "set it to the optimizer step where the decay ends")
     if isinstance(obj, RewardsConfig):
         for name, term in obj.terms.items():
             if (term.name is None) == (term._target_ is None):

@@ -1,9 +1,12 @@
 """Test harness that runs INSIDE the sandbox: ``python -I -S -B /sandbox/_harness.py``.
 
-Standard library only. Reads ``/sandbox/_spec.json`` and the candidate ``/sandbox/solution.py``, then
-runs each test in a fresh forked child (its own process group, its own CPU limit, stdin from a
-file, stdout/stderr to files capped by RLIMIT_FSIZE) and prints one JSON line to the host:
-``{"results": [{"passed": bool, "reason": str}, ...]}``.
+Standard library only. It is PID 1 of the sandbox's PID namespace. It reads (then deletes)
+``/sandbox/_spec.json``, and runs each test in a fresh interpreter (fork, then exec of
+``python -c <this file's text, read before any candidate ran> --child ARGS``) in its own process
+group, with its own CPU limit, stdin from a file and stdout/stderr to files capped by
+RLIMIT_FSIZE. After each test it SIGKILLs every other process in the namespace (as PID 1,
+``kill(-1)`` reaches them all, even daemons that left the process group). It prints one JSON
+line to the host: ``{"results": [{"passed": bool, "reason": str}, ...]}``.
 
 Test modes:
 * ``asserts``: the candidate is executed as module ``solution`` (its ``if __name__ ==
@@ -12,7 +15,8 @@ Test modes:
   the fork, so a candidate that exits early (``sys.exit(0)``, ``os._exit(0)``) fails.
 * ``stdio``: the candidate runs as ``__main__`` with the test input on stdin; it passes when it
   exits 0 and its stdout equals the expected output up to trailing whitespace on each line and
-  trailing blank lines.
+  trailing blank lines. The expected outputs exist only in the harness's memory: the child is a
+  fresh interpreter and the spec file is gone, so the candidate cannot read the answer.
 
 The child's only fds are 0/1/2 (files) and the two nonce pipes; the harness makes itself
 non-dumpable so a same-uid child cannot ptrace it. Layer 2 (``audit`` in the spec): before the
@@ -58,12 +62,21 @@ def _install_audit_hook(read_roots: tuple) -> None:
     sys.addaudithook(hook)
 
 
-def _child(code: str, test: str, mode: str, nonce_r: int, proof_w: int, audit: bool, read_roots: tuple) -> None:
-    """In the forked child: run candidate (+ test); never returns."""
+def _child(args: dict) -> None:
+    """In the fresh child interpreter: run the candidate (and the test); never returns."""
     status = 1
+    mode, nonce_r, proof_w = args["mode"], args["nonce_r"], args["proof_w"]
     try:
-        if audit:
+        with open(f"{WORK}/solution.py") as f:  # both read before any candidate code runs
+            code = f.read()
+        test = ""
+        if args["test_path"]:
+            with open(args["test_path"]) as f:
+                test = f.read()
+        if args["audit"]:
+            read_roots = tuple(args["read_roots"])
             _install_audit_hook(read_roots)
+        del args
         namespace = {"__name__": "__main__" if mode == "stdio" else "solution", "__builtins__": builtins}
         try:
             exec(compile(code, "solution.py", "exec"), namespace)  # noqa: S102 - the sandbox's job
@@ -100,11 +113,29 @@ def _normalise(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.strip("\n").splitlines()).rstrip()
 
 
-def _run_one(i: int, code: str, test: dict, spec: dict) -> dict:
+def _kill_leftovers() -> None:
+    """As PID 1 of the namespace: SIGKILL every other process in it (daemons a test left) and reap."""
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                time.sleep(0.001)
+        except ChildProcessError:
+            return
+
+
+def _run_one(i: int, test: dict, spec: dict, source: str) -> dict:
     mode = spec["mode"]
     stdin_path, out_path, err_path = f"{TMP}/in{i}", f"{TMP}/out{i}", f"{TMP}/err{i}"
+    test_path = f"{TMP}/test{i}.py" if mode == "asserts" else ""
     with open(stdin_path, "w") as f:
         f.write(test.get("input", ""))
+    if test_path:
+        with open(test_path, "w") as f:
+            f.write(test.get("code", ""))
     nonce_r, nonce_w = os.pipe()
     proof_r, proof_w = os.pipe()
     pid = os.fork()
@@ -118,16 +149,19 @@ def _run_one(i: int, code: str, test: dict, spec: dict) -> dict:
                 new = os.open(path, flags, 0o600)
                 os.dup2(new, fd)
                 os.close(new)
-            sys.stdin = open(0, closefd=False)  # noqa: SIM115 - lives until os._exit
-            sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
-            sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
             os.close(nonce_w)
             os.close(proof_r)
             keep = sorted((nonce_r, proof_w))
             os.closerange(3, keep[0])
             os.closerange(keep[0] + 1, keep[1])
             os.closerange(keep[1] + 1, 4096)
-            _child(code, test.get("code", ""), mode, nonce_r, proof_w, spec["audit"], tuple(spec["read_roots"]))
+            for fd in keep:
+                os.set_inheritable(fd, True)
+            args = {"mode": mode, "nonce_r": nonce_r, "proof_w": proof_w, "test_path": test_path,
+                    "audit": spec["audit"], "read_roots": spec["read_roots"]}
+            # A fresh interpreter: the expected outputs (in this process's memory) never reach the
+            # candidate, and the runner code comes from memory, not from a file it could rewrite.
+            os.execv(sys.executable, [sys.executable, "-I", "-S", "-B", "-c", source, "--child", json.dumps(args)])
         except BaseException:  # noqa: BLE001
             traceback.print_exc()
         finally:
@@ -145,16 +179,13 @@ def _run_one(i: int, code: str, test: dict, spec: dict) -> dict:
             status = st
         elif time.monotonic() > deadline:
             os.killpg(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            _kill_leftovers()
             os.close(proof_r)
             return {"passed": False, "reason": f"timeout: test {i} ran past {spec['test_timeout_s']} s"}
         else:
             time.sleep(delay)
             delay = min(delay * 2, 0.02)
-    try:
-        os.killpg(pid, signal.SIGKILL)  # anything the test left running
-    except ProcessLookupError:
-        pass
+    _kill_leftovers()  # anything the test left running, even if it left the process group
     proof = os.read(proof_r, 64)
     os.close(proof_r)
     if os.WIFSIGNALED(status):
@@ -175,11 +206,14 @@ def _run_one(i: int, code: str, test: dict, spec: dict) -> dict:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--child"]:
+        _child(json.loads(sys.argv[2]))
     out = os.fdopen(os.dup(1), "w")
     with open(f"{WORK}/_spec.json") as f:
         spec = json.load(f)
-    with open(f"{WORK}/solution.py") as f:
-        code = f.read()
+    os.unlink(f"{WORK}/_spec.json")  # the expected outputs stay in this process only
+    with open(__file__) as f:
+        source = f.read()
     try:
         import ctypes
         ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: same-uid children cannot ptrace us
@@ -188,7 +222,7 @@ def main() -> None:
     results = []
     for i, test in enumerate(spec["tests"]):
         try:
-            results.append(_run_one(i, code, test, spec))
+            results.append(_run_one(i, test, spec, source))
         except OSError as e:
             results.append({"passed": False, "reason": f"harness error: {e}"})
     out.write(json.dumps({"results": results}) + "\n")

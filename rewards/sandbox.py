@@ -27,9 +27,11 @@ Threat model (what holds, by layer):
 
 Not covered: kernel exploits and side channels; CPU/memory pressure on other processes between
 the limits (use cgroups, not available on our no-systemd machines, to cap totals); the readable
-system libraries and stdlib are visible (public files, not secrets); in *asserts* mode a
-candidate that deliberately reverse-engineers the harness (reads the nonce pipe itself) can
-forge a pass, *stdio* mode compares outputs outside the candidate's process. Non-root users get
+system libraries and stdlib are visible (public files, not secrets). Reward hacking: in
+*stdio* mode the expected outputs never enter the candidate's process (fresh interpreter, spec
+file deleted) and the harness compares them; in *asserts* mode the test code necessarily runs in
+the candidate's process, so a candidate that deliberately inspects its caller's frames or reads
+the nonce pipe itself could forge a pass (an early ``exit`` cannot). Non-root users get
 the same layout through a user namespace (where unprivileged user namespaces are enabled), but
 the code then runs as the calling user mapped to uid 0 with every capability dropped, and
 RLIMIT_NPROC counts that user's other processes too.

@@ -125,6 +125,37 @@ def test_tests_pass_and_fail_for_the_right_reasons():
     assert stdio.passed == [True, False] and "wrong output" in stdio.reasons[1], stdio
 
 
+def test_stdio_answers_are_out_of_the_candidates_reach():
+    """The candidate cannot read the expected outputs: no spec file, not in its memory."""
+    peek = ("import gc, os\n"
+            "found = os.path.exists('/sandbox/_spec.json')\n"
+            "found = found or any('SECRET-42' in repr(o) for o in gc.get_objects() if isinstance(o, (dict, str)))\n"
+            "print('SECRET-42' if found else 'nothing')\n")
+    report = run_tests(peek, {"inputs": ["x"], "outputs": ["SECRET-42"]}, SandboxLimits(audit_hooks=False, **FAST))
+    assert report.passed == [False] and "got 'nothing" in report.reasons[0], report
+
+
+def test_a_daemon_left_by_one_test_is_gone_before_the_next():
+    prog = ("import os, time\n"
+            "if not os.path.exists('/tmp/pid'):\n"
+            "    pid = os.fork()\n"
+            "    if pid == 0:\n"
+            "        os.setsid()\n"
+            "        time.sleep(100)\n"
+            "        os._exit(0)\n"
+            "    open('/tmp/pid', 'w').write(str(pid))\n"
+            "    print('started')\n"
+            "else:\n"
+            "    try:\n"
+            "        os.kill(int(open('/tmp/pid').read()), 0)\n"
+            "        print('alive')\n"
+            "    except ProcessLookupError:\n"
+            "        print('dead')\n")
+    report = run_tests(prog, {"inputs": ["", ""], "outputs": ["started", "dead"]},
+                       SandboxLimits(audit_hooks=False, **FAST))
+    assert report.passed == [True, True], report
+
+
 def test_whole_run_wall_timeout():
     limits = SandboxLimits(test_timeout_s=30, wall_s=1.0)
     start = time.monotonic()

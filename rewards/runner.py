@@ -422,12 +422,21 @@ class RewardRunner:
             if t.name not in self._procs and callable(warmup):
                 warmup()
         self._submitter: ThreadPoolExecutor | None = None
+        self._score_lock = threading.Lock()
 
     # -- public API -------------------------------------------------------------------------
 
     def score(self, prompts: Sequence[Any], completions: Sequence[str],
               fields: Mapping[str, Sequence[Any]] | None = None) -> RewardResult:
-        """Score B samples. ``fields``: name -> (B,) values (dataset columns, trajectory info)."""
+        """Score B samples. ``fields``: name -> (B,) values (dataset columns, trajectory info).
+
+        Calls from several threads are served one at a time (the workers are shared).
+        """
+        with self._score_lock:
+            return self._score(prompts, completions, fields)
+
+    def _score(self, prompts: Sequence[Any], completions: Sequence[str],
+               fields: Mapping[str, Sequence[Any]] | None) -> RewardResult:
         start = time.monotonic()
         prompts, completions = list(prompts), list(completions)
         b = len(completions)

@@ -63,7 +63,7 @@ class Budget:
     _seconds_before: float = field(default=0.0, repr=False)
 
     @classmethod
-    def from_config(cls, cfg: "BudgetConfig") -> "Budget":
+    def from_config(cls, cfg: BudgetConfig) -> Budget:
         max_flops = cfg.max_flops
         if cfg.pretrain_flops is not None and cfg.pretrain_fraction is not None:
             fraction_flops = cfg.pretrain_flops * cfg.pretrain_fraction
@@ -74,21 +74,21 @@ class Budget:
         """Refresh the wall-clock counter."""
         self.spent.seconds = self._seconds_before + time.monotonic() - self._t0
 
-    def add_rollout(self, model_cfg: "DSAConfig", seq_lens: list[int], new_tokens: int,
+    def add_rollout(self, model_cfg: DSAConfig, seq_lens: list[int], new_tokens: int,
                     mode: str) -> None:
         """Account a rollout batch: sequences of the given total lengths, ``new_tokens`` sampled."""
         self.spent.samples += len(seq_lens)
         self.spent.rollout_tokens += new_tokens
         self.spent.rollout_flops += self._flops(model_cfg, seq_lens, mode, passes=1.0)
 
-    def add_train(self, model_cfg: "DSAConfig", seq_lens: list[int], mode: str, epochs: int,
+    def add_train(self, model_cfg: DSAConfig, seq_lens: list[int], mode: str, epochs: int,
                   with_reference: bool) -> None:
         """Account training on a batch: forward + backward per epoch, plus a reference forward."""
         passes = 3.0 * epochs + (1.0 if with_reference else 0.0)
         self.spent.train_tokens += sum(seq_lens) * epochs
         self.spent.train_flops += self._flops(model_cfg, seq_lens, mode, passes)
 
-    def _flops(self, model_cfg: "DSAConfig", seq_lens: list[int], mode: str, passes: float) -> float:
+    def _flops(self, model_cfg: DSAConfig, seq_lens: list[int], mode: str, passes: float) -> float:
         total = 0.0
         for n in seq_lens:
             cost = sequence_forward_macs(model_cfg, n, mode)

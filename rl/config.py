@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -27,7 +27,7 @@ def _f(default: Any = dataclasses.MISSING, *, factory: Any = None, ge: float | N
        gt: float | None = None, le: float | None = None, lt: float | None = None,
        choices: tuple[Any, ...] | None = None) -> Any:
     """A dataclass field with validation limits in its metadata (checked by :func:`validate`)."""
-    meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices).items() if v is not None}
+    meta = {k: v for k, v in {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}.items() if v is not None}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -37,13 +37,13 @@ def _f(default: Any = dataclasses.MISSING, *, factory: Any = None, ge: float | N
 class ModelConfig:
     preset: str = "tiny"
     """Named shape from ``rl.policy`` presets (used when ``path`` is unset)."""
-    path: Optional[str] = None
+    path: str | None = None
     """A saved policy: local directory or hub id (a DSA model, or one converted to DSA)."""
-    tokenizer: Optional[str] = None
+    tokenizer: str | None = None
     """Tokenizer directory or hub id; unset = ``path``'s tokenizer, or the embedded one."""
     attention_mode: str = _f("sparse", choices=("sparse", "dense"))
     """``sparse``: DSA top-k attention; ``dense``: full causal MLA (oracle, dense warm-up)."""
-    index_topk: Optional[int] = _f(None, ge=1)
+    index_topk: int | None = _f(None, ge=1)
     """Override the preset's number of selected tokens per query."""
     dtype: str = _f("float32", choices=("float32", "bfloat16", "float16"))
     """Parameter / compute dtype (use float32 on CPU: bf16 there is ~3x slower)."""
@@ -91,7 +91,7 @@ class AlgorithmConfig:
     """Linear LR warm-up, in optimizer steps."""
     lr_schedule: str = _f("constant", choices=("constant", "cosine"))
     """LR after warm-up: ``constant``, or ``cosine`` decay to ``min_lr_ratio * lr`` at ``lr_decay_steps``."""
-    lr_decay_steps: Optional[int] = _f(None, ge=1)
+    lr_decay_steps: int | None = _f(None, ge=1)
     """Optimizer step at which the cosine schedule reaches its floor (required by ``cosine``)."""
     min_lr_ratio: float = _f(0.0, ge=0.0, le=1.0)
     """Floor of the cosine schedule, as a fraction of ``lr``."""
@@ -137,6 +137,8 @@ class SynthMathConfig:
     """Held-out problems generated (disjoint from train)."""
     levels: list[int] = _f(factory=lambda: [1, 2, 3, 4])
     """Difficulty levels to mix (see ``rl.data``)."""
+    max_operand: int = _f(99, ge=12)
+    """Largest number a problem states (multipliers stay single-digit)."""
     seed: int = 0
     """Generator seed (the data set is a pure function of this config)."""
 
@@ -147,25 +149,46 @@ class DataConfig:
     """``synth_math`` (embedded generator), a local .json/.jsonl/.parquet file or directory, or a hub id."""
     train_split: str = "train"
     """Split used for training (files and hub sets)."""
-    test_split: Optional[str] = "test"
+    test_split: str | None = "test"
     """Held-out split for evaluation; unset = no evaluation set."""
     prompt_column: str = "prompt"
     """Column holding the prompt text (or chat messages)."""
-    answer_column: Optional[str] = "answer"
+    answer_column: str | None = "answer"
     """Column holding the reference answer (passed to rewards as ``answer``)."""
     test_size: int = _f(200, ge=1)
     """Held-out problems used per evaluation."""
     synth: SynthMathConfig = field(default_factory=SynthMathConfig)
     """Settings of the embedded math generator."""
-    cache_dir: Optional[str] = None
+    cache_dir: str | None = None
     """Where generated data sets are cached; unset = ``$DSA_RL_CACHE`` or ``~/.cache/dsa-rl``."""
 
 
 @dataclass
+class ColdStartConfig:
+    enabled: bool = True
+    """Run the supervised cold start before RL (cached: a second run with the same settings skips it)."""
+    sft_steps: int = _f(1500, ge=0)
+    """Supervised steps on the teacher's solutions (dense attention, all parameters)."""
+    batch_size: int = _f(32, ge=1)
+    """Sequences per supervised step."""
+    lr: float = _f(2e-3, gt=0.0)
+    """Peak learning rate of the supervised stage (cosine decay, 5% warm-up)."""
+    teacher_stop_early: float = _f(0.6, ge=0.0, le=1.0)
+    """The teacher's systematic mistake: on multi-step problems it answers an intermediate value
+    with this probability. 0 = a perfect teacher."""
+    indexer_warmup_steps: int = _f(100, ge=0)
+    """Dense warm-up steps of the lightning indexer (everything else frozen)."""
+    indexer_lr: float = _f(1e-3, gt=0.0)
+    """Learning rate of the indexer warm-up (V3.2: 1e-3)."""
+    sparse_steps: int = _f(100, ge=0)
+    """Sparse-stage steps (top-k on, LM loss + indexer KL over the selected set)."""
+
+
+@dataclass
 class RewardTermConfig:
-    name: Optional[str] = None
+    name: str | None = None
     """A built-in reward name or an entry-point name in group ``dsa_rl.rewards``."""
-    _target_: Optional[str] = None
+    _target_: str | None = None
     """A dotted import path to a reward callable (instead of ``name``)."""
     weight: float = 1.0
     """Weight of this term in the total reward."""
@@ -189,7 +212,7 @@ class RewardsConfig:
 
 @dataclass
 class EnvConfig:
-    name: Optional[str] = None
+    name: str | None = None
     """Registered environment family (``dsa_rl.envs``), or unset for plain prompt data."""
     max_turns: int = _f(8, ge=1)
     """Tool-use turns per episode."""
@@ -201,19 +224,19 @@ class EnvConfig:
 
 @dataclass
 class BudgetConfig:
-    max_steps: Optional[int] = _f(None, ge=1)
+    max_steps: int | None = _f(None, ge=1)
     """GRPO steps."""
-    max_samples: Optional[int] = _f(None, ge=1)
+    max_samples: int | None = _f(None, ge=1)
     """Trajectories sampled."""
-    max_tokens: Optional[int] = _f(None, ge=1)
+    max_tokens: int | None = _f(None, ge=1)
     """Tokens processed (rollout + training)."""
-    max_flops: Optional[float] = _f(None, gt=0)
+    max_flops: float | None = _f(None, gt=0)
     """Estimated FLOPs (rollout + training)."""
-    max_seconds: Optional[float] = _f(None, gt=0)
+    max_seconds: float | None = _f(None, gt=0)
     """Wall-clock seconds of the RL loop."""
-    pretrain_flops: Optional[float] = _f(None, gt=0)
+    pretrain_flops: float | None = _f(None, gt=0)
     """Stated pre-training compute; with ``pretrain_fraction`` gives a FLOP budget."""
-    pretrain_fraction: Optional[float] = _f(None, gt=0)
+    pretrain_fraction: float | None = _f(None, gt=0)
     """Fraction of ``pretrain_flops`` to spend on RL (V3.2 spent over 0.1)."""
 
 
@@ -243,17 +266,17 @@ class ResourcesConfig:
 class ClusterConfig:
     kind: str = _f("local", choices=("local", "ray_job", "slurm"))
     """``local``: start Ray inside the process; ``ray_job``/``slurm``: submit with ``rl.submit``."""
-    address: Optional[str] = None
+    address: str | None = None
     """Ray address to join (``auto``, ``ray://host:port``, or a dashboard URL for ``ray_job``)."""
-    num_cpus: Optional[int] = _f(None, ge=1)
+    num_cpus: int | None = _f(None, ge=1)
     """CPUs for a local Ray cluster (unset = all)."""
     nodes: int = _f(1, ge=1)
     """Nodes (Slurm)."""
     gpus_per_node: int = _f(0, ge=0)
     """GPUs per node (Slurm)."""
-    partition: Optional[str] = None
+    partition: str | None = None
     """Slurm partition."""
-    account: Optional[str] = None
+    account: str | None = None
     """Slurm account."""
     time: str = "01:00:00"
     """Slurm time limit."""
@@ -280,6 +303,7 @@ class TrainConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    coldstart: ColdStartConfig = field(default_factory=ColdStartConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
@@ -292,7 +316,7 @@ class TrainConfig:
     """Seed of everything: data order, sampling, initialisation."""
     device: str = _f("auto", choices=("auto", "cpu", "cuda"))
     """``auto``: CUDA when available."""
-    resume: Optional[str] = None
+    resume: str | None = None
     """A run directory (or ``latest``) to continue from its latest checkpoint."""
     eval_every: int = _f(10, ge=1)
     """Steps between held-out evaluations."""

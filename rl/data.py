@@ -6,8 +6,8 @@ pass through to the rewards and environments as fields.
 
 Synthesized math: integer arithmetic and short multi-step word problems with exact answers.
 
-- Level 1: one addition or subtraction of numbers below 100.
-- Level 2: one multiplication (a one-digit by a two-digit number) or a three-term sum/difference.
+- Level 1: one addition or subtraction of numbers up to ``max_operand`` (default 99).
+- Level 2: one multiplication (a one-digit by a larger number) or a three-term sum/difference.
 - Level 3: two operations with precedence, e.g. ``(a + b) * c`` or ``a * b - c``.
 - Level 4: a two- or three-step word problem.
 
@@ -22,9 +22,10 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import datasets
@@ -56,28 +57,28 @@ def _step(a: int, op: str, b: int) -> tuple[int, str]:
     return value, f"{a} {op} {b} = {value}."
 
 
-def _level1(rng: random.Random) -> MathProblem:
-    a, b, op = rng.randint(0, 99), rng.randint(0, 99), rng.choice("+-")
+def _level1(rng: random.Random, m: int) -> MathProblem:
+    a, b, op = rng.randint(0, m), rng.randint(0, m), rng.choice("+-")
     value, step = _step(a, op, b)
     return MathProblem(f"What is {a} {op} {b}?", str(value), step, 1)
 
 
-def _level2(rng: random.Random) -> MathProblem:
+def _level2(rng: random.Random, m: int) -> MathProblem:
     if rng.random() < 0.5:
-        a, b = rng.randint(2, 9), rng.randint(10, 99)
+        a, b = rng.randint(2, 9), rng.randint(min(10, m), m)
         if rng.random() < 0.5:
             a, b = b, a
         value, step = _step(a, "*", b)
         return MathProblem(f"What is {a} * {b}?", str(value), step, 2)
-    a, b, c = rng.randint(10, 99), rng.randint(10, 99), rng.randint(10, 99)
+    a, b, c = rng.randint(min(10, m), m), rng.randint(min(10, m), m), rng.randint(min(10, m), m)
     op1, op2 = rng.choice("+-"), rng.choice("+-")
     v1, s1 = _step(a, op1, b)
     v2, s2 = _step(v1, op2, c)
     return MathProblem(f"What is {a} {op1} {b} {op2} {c}?", str(v2), f"{s1} {s2}", 2)
 
 
-def _level3(rng: random.Random) -> MathProblem:
-    a, b, c = rng.randint(2, 30), rng.randint(2, 30), rng.randint(2, 9)
+def _level3(rng: random.Random, m: int) -> MathProblem:
+    a, b, c = rng.randint(2, min(30, m)), rng.randint(2, min(30, m)), rng.randint(2, 9)
     if rng.random() < 0.5:
         op = rng.choice("+-")
         v1, s1 = _step(a, op, b)
@@ -93,9 +94,9 @@ _NAMES = ("Ada", "Ben", "Chen", "Dara", "Eli", "Fay", "Gus", "Hana", "Ivan", "Ju
 _ITEMS = ("apples", "books", "coins", "marbles", "pens", "stamps", "cards", "shells")
 
 
-def _level4(rng: random.Random) -> MathProblem:
+def _level4(rng: random.Random, m: int) -> MathProblem:
     name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
-    start, bags, per_bag = rng.randint(5, 60), rng.randint(2, 9), rng.randint(2, 12)
+    start, bags, per_bag = rng.randint(min(5, m), min(60, m)), rng.randint(2, 9), rng.randint(2, min(12, m))
     v1, s1 = _step(bags, "*", per_bag)
     v2, s2 = _step(start, "+", v1)
     if rng.random() < 0.5:
@@ -109,7 +110,7 @@ def _level4(rng: random.Random) -> MathProblem:
         f"then gives away {gone}. How many {item} are left?", str(v3), f"{s1} {s2} {s3}", 4)
 
 
-GENERATORS: dict[int, Callable[[random.Random], MathProblem]] = {
+GENERATORS: dict[int, Callable[[random.Random, int], MathProblem]] = {
     1: _level1, 2: _level2, 3: _level3, 4: _level4}
 
 
@@ -119,18 +120,23 @@ def is_test_problem(prompt: str) -> bool:
     return int.from_bytes(digest[:4], "little") % TEST_FRACTION_MOD == 0
 
 
-def iter_problems(seed: int, levels: tuple[int, ...] | list[int]) -> Iterator[MathProblem]:
-    """An endless deterministic stream of problems, levels drawn uniformly from ``levels``."""
+def iter_problems(seed: int, levels: tuple[int, ...] | list[int],
+                  max_operand: int = 99) -> Iterator[MathProblem]:
+    """An endless deterministic stream of problems, levels drawn uniformly from ``levels``.
+
+    ``max_operand`` caps the numbers a problem states (multipliers stay single-digit)."""
     bad = [lv for lv in levels if lv not in GENERATORS]
     if bad or not levels:
         raise DataError(f"data.synth.levels={list(levels)} is invalid: allowed levels are {list(LEVELS)}")
+    if max_operand < 12:
+        raise DataError(f"data.synth.max_operand={max_operand} is invalid: must be >= 12")
     rng = random.Random(seed)
     while True:
-        yield GENERATORS[rng.choice(list(levels))](rng)
+        yield GENERATORS[rng.choice(list(levels))](rng, max_operand)
 
 
 def generate_math(num_train: int, num_test: int, levels: tuple[int, ...] | list[int],
-                  seed: int) -> tuple[list[MathProblem], list[MathProblem]]:
+                  seed: int, max_operand: int = 99) -> tuple[list[MathProblem], list[MathProblem]]:
     """Unique problems for each split, disjoint across splits.
 
     Raises:
@@ -139,7 +145,7 @@ def generate_math(num_train: int, num_test: int, levels: tuple[int, ...] | list[
     train: dict[str, MathProblem] = {}
     test: dict[str, MathProblem] = {}
     misses = 0
-    for problem in iter_problems(seed, levels):
+    for problem in iter_problems(seed, levels, max_operand):
         split = test if is_test_problem(problem.prompt) else train
         limit = num_test if split is test else num_train
         if problem.prompt in split or len(split) >= limit:
@@ -162,16 +168,17 @@ def default_cache_dir() -> Path:
 
 
 def synth_math_dataset(num_train: int, num_test: int, levels: list[int], seed: int,
-                       cache_dir: str | Path | None = None) -> "datasets.DatasetDict":
+                       cache_dir: str | Path | None = None, max_operand: int = 99) -> datasets.DatasetDict:
     """The synthesized math set as a ``DatasetDict``, generated once and cached on disk."""
     import datasets
 
-    key = json.dumps(dict(v=1, n=num_train, t=num_test, levels=sorted(levels), seed=seed), sort_keys=True)
+    key = json.dumps({"v": 1, "n": num_train, "t": num_test, "levels": sorted(levels), "seed": seed, "m": max_operand},
+                     sort_keys=True)
     path = Path(cache_dir or default_cache_dir()) / "data" / (
         "synth_math-" + hashlib.sha256(key.encode()).hexdigest()[:16])
     if (path / "dataset_dict.json").exists():
         return datasets.load_from_disk(str(path))
-    train, test = generate_math(num_train, num_test, levels, seed)
+    train, test = generate_math(num_train, num_test, levels, seed, max_operand)
     dd = datasets.DatasetDict({
         "train": datasets.Dataset.from_list([asdict(p) for p in train]),
         "test": datasets.Dataset.from_list([asdict(p) for p in test]),
@@ -188,7 +195,7 @@ def synth_math_dataset(num_train: int, num_test: int, levels: list[int], seed: i
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
-def _load_source(source: str) -> "datasets.DatasetDict":
+def _load_source(source: str) -> datasets.DatasetDict:
     import datasets
 
     path = Path(source).expanduser()
@@ -210,7 +217,7 @@ def _load_source(source: str) -> "datasets.DatasetDict":
                         f"({type(err).__name__}: {err}); check the id, or set HF_HUB_OFFLINE=0") from err
 
 
-def load_prompts(cfg: "DataConfig") -> "datasets.DatasetDict":
+def load_prompts(cfg: DataConfig) -> datasets.DatasetDict:
     """Load the configured data as a DatasetDict with ``prompt`` and ``answer`` columns.
 
     Columns are renamed from ``cfg.prompt_column`` / ``cfg.answer_column``. A file source with a
@@ -218,7 +225,7 @@ def load_prompts(cfg: "DataConfig") -> "datasets.DatasetDict":
     """
     if cfg.source == "synth_math":
         s = cfg.synth
-        return synth_math_dataset(s.num_train, s.num_test, list(s.levels), s.seed, cfg.cache_dir)
+        return synth_math_dataset(s.num_train, s.num_test, list(s.levels), s.seed, cfg.cache_dir, s.max_operand)
     raw = _load_source(cfg.source)
     out = {}
     wanted = {"train": cfg.train_split, "test": cfg.test_split}

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -55,14 +56,14 @@ def _is_nan(v: Any) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
 
-def make_logger(cfg: "LoggerConfig", run_dir: str, name: str, config: dict[str, Any]) -> Logger:
+def make_logger(cfg: LoggerConfig, run_dir: str, name: str, config: dict[str, Any]) -> Logger:
     """The logger the config asks for."""
     if cfg.kind == "none":
         return NoopLogger()
     return WandbLogger(cfg.project, cfg.mode, run_dir, name, config)
 
 
-def make_progress(enabled: bool = True) -> "Progress":
+def make_progress(enabled: bool = True) -> Progress:
     """A rich progress bar with a free-form ``info`` column (step metrics go there).
 
     Use as a context manager: ``task = p.add_task("grpo", total=N, info="")`` then

@@ -27,8 +27,13 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     run_dir = HydraConfig.get().runtime.output_dir
     from rl.loop import run  # heavy imports (torch, ray) only after the config is known good
+    from rl.setup import StartupError
 
-    run(config, run_dir)
+    try:
+        run(config, run_dir)
+    except StartupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,175 @@
+"""Cold start: supervised fine-tuning on a teacher's worked solutions, then DSA's indexer stages.
+
+V3.2 starts RL from a policy that already follows the output format. Our embedded policy starts
+from random weights, so the cold start does three things, in order:
+
+1. **SFT** (dense attention, all parameters) on chat-formatted demonstrations
+   ``<|user|>PROBLEM<|end|><|assistant|><think>STEPS</think>\\boxed{ANSWER}<|end|>``; loss only on
+   the assistant turn.
+2. **Dense warm-up of the indexer** (V3.2 section 2): everything but the lightning indexers is
+   frozen; loss = KL(head-summed, L1-normalised attention || softmax(index scores)).
+3. **Sparse stage**: top-k attention on, all parameters train on LM loss + the indexer KL over the
+   selected set (indexer input detached). The saved policy has ``attention_mode="sparse"``.
+
+**The teacher is deliberately imperfect**, so that RL has something to find (as in real pipelines,
+where the demonstrations come from a weaker model): on multi-step problems it stops early with
+probability ``teacher_stop_early`` — it writes the first step(s), then answers the intermediate
+value. Its arithmetic is always right. The student imitates that habit: at the point where a
+solution could stop, stopping is the more likely token, so greedy decoding answers too early on
+most multi-step problems, while sampling continues often enough to find the reward. RL can then
+lift greedy accuracy above the teacher's. Single-step problems are unaffected.
+
+The result is saved with ``save_pretrained`` under the cache directory, keyed by a hash of
+everything that determines it; a second run with the same settings loads it instead of training.
+This module trains in-process with plain torch AdamW (a few minutes of a ~2 M-parameter model);
+RL itself runs under DeepSpeed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from rl.config import ColdStartConfig
+    from rl.policy import DSAForCausalLM
+
+
+def teacher_response(solution: str, answer: str, rng: random.Random, stop_early: float) -> str:
+    """The teacher's reply to a problem, given the exact worked ``solution`` and ``answer``.
+
+    >>> teacher_response("2 * 3 = 6. 1 + 6 = 7.", "7", random.Random(0), stop_early=0.0)
+    '<think>2 * 3 = 6. 1 + 6 = 7.</think>\\\\boxed{7}'
+    """
+    steps = [s if s.endswith(".") else s + "." for s in solution.split(". ")]
+    if len(steps) > 1 and rng.random() < stop_early:
+        steps = steps[: rng.randint(1, len(steps) - 1)]
+        answer = steps[-1].rstrip(".").split(" = ")[-1]  # the intermediate value
+    return f"<think>{' '.join(steps)}</think>\\boxed{{{answer}}}"
+
+
+def encode_chat(tok: PreTrainedTokenizerBase, prompt: str, reply: str) -> tuple[list[int], list[int]]:
+    """Token ids of a one-turn chat and its loss mask (1 on the assistant reply and its ``<|end|>``)."""
+    head = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                   add_generation_prompt=True)
+    head_ids = tok(head, add_special_tokens=False)["input_ids"]
+    reply_ids = tok(reply + tok.eos_token, add_special_tokens=False)["input_ids"]
+    return head_ids + reply_ids, [0] * len(head_ids) + [1] * len(reply_ids)
+
+
+def _batches(examples: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int,
+             rng: random.Random, device: torch.device):
+    """Endless shuffled right-padded batches: input_ids (B, T), attention_mask (B, T), labels (B, T)."""
+    order = list(range(len(examples)))
+    while True:
+        rng.shuffle(order)
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            chunk = [examples[j] for j in order[i:i + batch_size]]
+            width = max(len(ids) for ids, _ in chunk)
+            ids = torch.full((batch_size, width), pad_id, dtype=torch.long)
+            att = torch.zeros(batch_size, width, dtype=torch.long)
+            labels = torch.full((batch_size, width), -100, dtype=torch.long)
+            for r, (x, m) in enumerate(chunk):
+                ids[r, :len(x)] = torch.tensor(x)
+                att[r, :len(x)] = 1
+                labels[r, :len(x)] = torch.where(torch.tensor(m).bool(), torch.tensor(x), -100)
+            yield ids.to(device), att.to(device), labels.to(device)
+
+
+def _train(model: DSAForCausalLM, params: list[torch.nn.Parameter], batches, steps: int, lr: float,
+           loss_fn: Callable[[Any], torch.Tensor], log: Callable[[str], None], name: str) -> float:
+    """A plain AdamW loop with linear warm-up and cosine decay; returns the mean loss of the last 20."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * s / steps)).item()))
+    model.train()
+    recent: list[float] = []
+    t0 = time.monotonic()
+    for step in range(steps):
+        loss = loss_fn(next(batches))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        recent = (recent + [loss.item()])[-20:]
+        if (step + 1) % max(1, steps // 10) == 0:
+            log(f"cold start [{name}] step {step + 1}/{steps} loss {sum(recent) / len(recent):.4f} "
+                f"({time.monotonic() - t0:.0f}s)")
+    model.eval()
+    return sum(recent) / max(1, len(recent))
+
+
+def cold_start_key(cfg: ColdStartConfig, model_cfg: dict[str, Any], data_key: str) -> str:
+    """A hash of everything that determines the cold-start policy."""
+    blob = json.dumps({"v": 1, "cold": asdict(cfg), "model": model_cfg, "data": data_key}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_cold_start(model: DSAForCausalLM, tok: PreTrainedTokenizerBase, rows: list[dict[str, Any]],
+                   cfg: ColdStartConfig, seed: int, log: Callable[[str], None] = print) -> dict[str, float]:
+    """Train ``model`` in place through the three stages; returns the final loss of each.
+
+    ``rows`` are data set records with ``prompt``, ``answer`` and ``solution``.
+    """
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    examples = [encode_chat(tok, r["prompt"], teacher_response(r["solution"], r["answer"], rng,
+                                                               cfg.teacher_stop_early)) for r in rows]
+    batches = _batches(examples, cfg.batch_size, tok.pad_token_id, rng, device)
+    out = {}
+
+    def lm_loss(mode: str, with_indexer: bool):
+        def fn(batch):
+            ids, att, labels = batch
+            o = model(input_ids=ids, attention_mask=att, labels=labels, attention_mode=mode,
+                      use_cache=False, output_indexer_loss=with_indexer)
+            return o.loss
+        return fn
+
+    def indexer_only(batch):
+        ids, att, _ = batch
+        return model(input_ids=ids, attention_mask=att, attention_mode="dense", use_cache=False,
+                     output_indexer_loss=True).indexer_loss
+
+    out["sft_loss"] = _train(model, list(model.parameters()), batches, cfg.sft_steps, cfg.lr,
+                             lm_loss("dense", False), log, "sft, dense")
+    if cfg.indexer_warmup_steps:
+        params = model.freeze_all_but_indexer()
+        out["indexer_warmup_loss"] = _train(model, params, batches, cfg.indexer_warmup_steps,
+                                            cfg.indexer_lr, indexer_only, log, "indexer warm-up")
+        for p in model.parameters():
+            p.requires_grad_(True)
+    if cfg.sparse_steps:
+        out["sparse_loss"] = _train(model, list(model.parameters()), batches, cfg.sparse_steps,
+                                    cfg.lr * 0.3, lm_loss("sparse", True), log, "sparse")
+    model.config.attention_mode = "sparse"
+    return out
+
+
+def save_atomic(model: DSAForCausalLM, tok: PreTrainedTokenizerBase, path: Path,
+                info: dict[str, Any]) -> None:
+    """``save_pretrained`` into a temporary sibling, then rename: readers never see half a policy."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "cold_start.json").write_text(json.dumps(info, indent=2))
+    if path.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, path)

@@ -1,0 +1,129 @@
+"""The GRPO loop: prompts -> rollouts -> rewards -> advantages -> update -> weight sync -> account.
+
+``run(config, run_dir)`` is what ``python -m rl.train`` calls. Set-up (``rl.setup``) checks every
+input before any work: data, reward names, Ray address, budget. Then, per step:
+
+1. sample B prompts (seeded, resumable order), 2. G rollouts each on the Ray workers, 3. score
+them with the reward terms, 4. group-relative advantages, 5. the DeepSpeed trainer's updates,
+6. push the new weights (version + 1) to every worker, 7. account the budget, log, evaluate and
+checkpoint on schedule. The run stops at the first budget limit, evaluates once more, writes the
+summary (``summary.json``), a plot (``progress.png``) and the final policy (``final/``).
+
+Departures from V3.2: there is no separate reference-model service (the trainer keeps a frozen
+copy when ``kl_coef > 0``); weights move through the Ray object store on CPU.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import torch
+
+from rl.advantages import get_advantage
+from rl.config import TrainConfig
+from rl.evaluate import pass_at_k, plot_history
+from rl.setup import Run, build_run
+
+
+def _rewards_for(run: Run, trajs, rows: list[dict[str, Any]]):
+    """Score trajectories; ``rows[i]`` is the data record of trajectory i's prompt."""
+    fields = {k: [r[k] for r in rows] for k in rows[0] if k != "prompt"} if rows else {}
+    fields.update(finish_reason=[t.finish_reason for t in trajs], num_turns=[t.num_turns for t in trajs])
+    return run.rewards.score([r["prompt"] for r in rows], [t.completion for t in trajs], fields)
+
+
+def evaluate(run: Run, step: int, sampled: bool = False) -> dict[str, float]:
+    """Greedy accuracy and mean reward on the held-out prompts (plus sampled accuracy and pass@G)."""
+    if run.test_rows is None:
+        return {}
+    cfg, rows = run.cfg, run.test_rows
+    out: dict[str, float] = {}
+    modes = [("greedy", 1)] + ([("sampled", cfg.algorithm.group_size)] if sampled else [])
+    for name, g in modes:
+        trajs = run.engine_generate(rows, g, greedy=(name == "greedy"), seed=cfg.seed + step)
+        result = _rewards_for(run, trajs, [r for r in rows for _ in range(g)])
+        correct = [v > 0 for v in result.per_term[run.correct_term]]
+        out[f"eval/{name}_accuracy"] = sum(correct) / len(correct)
+        out[f"eval/{name}_reward"] = sum(result.totals) / len(result.totals)
+        if g > 1:
+            out[f"eval/pass@{g}"] = pass_at_k(correct, g)
+    return out
+
+
+def run(cfg: TrainConfig, run_dir: str) -> dict[str, Any]:
+    """Run GRPO until the budget is spent; returns the summary."""
+    run = build_run(cfg, run_dir)
+    algo, B, G = cfg.algorithm, cfg.rollout.prompts_per_step, cfg.algorithm.group_size
+    advantage = get_advantage(algo.advantage)
+    history, step = run.history, run.step
+    try:
+        if step == 0:
+            history.append({"step": 0, **evaluate(run, 0, sampled=True)})
+            run.say(f"before RL: {_fmt(history[-1])}")
+        with run.progress as bar:
+            task = bar.add_task("grpo", total=1000, info="")
+            while (reason := run.budget.exhausted()) is None:
+                t0 = time.perf_counter()
+                rows = [run.train_rows[i] for i in run.sampler.next_batch(B)]
+                trajs = run.pool.generate([r["prompt_ids"] for r in rows], run.sampling, G)
+                t1 = time.perf_counter()
+                group_rows = [r for r in rows for _ in range(G)]
+                result = _rewards_for(run, trajs, group_rows)
+                rewards = torch.tensor(result.totals, dtype=torch.float32)
+                group_ids = torch.arange(B).repeat_interleave(G)
+                adv = advantage(rewards, group_ids, scale_by_std=algo.scale_by_std)
+                t2 = time.perf_counter()
+                metrics = run.trainer.train_step(trajs, adv)
+                t3 = time.perf_counter()
+                step += 1
+                run.pool.push_weights(run.trainer.export_state_dict(), version=step)
+                run.account(trajs)
+                m = {"step": step, **_step_metrics(trajs, result, metrics), **run.budget.metrics(),
+                     "time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/train_s": t3 - t2,
+                     "time/sync_s": time.perf_counter() - t3,
+                     "rollout/tokens_per_s": sum(t.num_sampled for t in trajs) / max(t1 - t0, 1e-9)}
+                if step % cfg.eval_every == 0:
+                    m.update(evaluate(run, step))
+                history.append(m)
+                run.logger.log(m, step)
+                bar.update(task, completed=int(1000 * run.budget.fraction_done()), info=_fmt(m))
+                if step % cfg.checkpoint_every == 0:
+                    run.checkpoint(step)
+        final = evaluate(run, step, sampled=True)
+        history.append({"step": step, **final})
+        run.logger.log(final, step)
+        run.checkpoint(step)
+        summary = _summary(run, history, reason, step)
+        run.say(f"stopped: {reason}\nafter RL: {_fmt(history[-1])}")
+        return summary
+    finally:
+        run.close()
+
+
+def _step_metrics(trajs, result, metrics: dict[str, float]) -> dict[str, float]:
+    lengths = [t.num_sampled for t in trajs]
+    out = {f"train/{k}": v for k, v in metrics.items()}
+    out.update(result.metrics())
+    out["reward/mean"] = sum(result.totals) / len(result.totals)
+    out["response/length_mean"] = sum(lengths) / len(lengths)
+    out["response/truncated_frac"] = sum(t.finish_reason == "length" for t in trajs) / len(trajs)
+    return out
+
+
+def _fmt(m: dict[str, Any]) -> str:
+    keys = [("reward/mean", "reward"), ("eval/greedy_accuracy", "acc"), ("eval/sampled_accuracy", "sampled"),
+            ("train/kl", "kl"), ("rollout/tokens_per_s", "tok/s")]
+    return " ".join(f"{short} {m[k]:.3g}" for k, short in keys if k in m and m[k] == m[k])
+
+
+def _summary(run: Run, history: list[dict[str, Any]], reason: str, step: int) -> dict[str, Any]:
+    before = next(h for h in history if "eval/greedy_accuracy" in h)
+    after = history[-1]
+    summary = {"stopped": reason, "steps": step, "before": before, "after": after,
+               "budget": run.budget.metrics(), "run_dir": str(run.dir)}
+    (run.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    (run.dir / "history.jsonl").write_text("\n".join(json.dumps(h, default=float) for h in history))
+    plot_history(history, run.dir / "progress.png")
+    run.trainer.export_pretrained(run.dir / "final", tokenizer=run.tokenizer)
+    return summary

@@ -249,8 +249,8 @@ class MLAttention(nn.Module):
         B, C, H, D = q_cat.shape
         k = sel.shape[-1]
         support = sel >= 0
-        flat = sel.clamp(min=0).reshape(B, C * k, 1).expand(B, C * k, D)
-        picked = latents.gather(1, flat).view(B * C, k, D)  # (B*C, k, D)
+        rows = torch.arange(B, device=sel.device).view(B, 1, 1)
+        picked = latents[rows, sel.clamp(min=0)].view(B * C, k, D)  # (B*C, k, D): whole rows copied
         q = (q_cat * self.scale).reshape(B * C, H, D)
         scores = torch.bmm(q, picked.transpose(1, 2))  # (B*C, H, k)
         scores = scores.view(B, C, H, k).masked_fill_(~support[:, :, None], float("-inf"))

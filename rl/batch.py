@@ -125,7 +125,7 @@ def collate(trajectories: Sequence[Trajectory], advantages: Tensor | Sequence[fl
     B = len(trajectories)
     if B == 0:
         raise ValueError("collate needs at least one trajectory")
-    adv = torch.as_tensor(advantages, dtype=torch.float32).reshape(-1)
+    adv = torch.as_tensor(advantages, dtype=torch.float32).detach().cpu().reshape(-1)
     if adv.shape[0] != B:
         raise ValueError(f"got {adv.shape[0]} advantages for {B} trajectories")
     lengths = [int(t.tokens.shape[0]) for t in trajectories]

@@ -225,7 +225,7 @@ class Trainer:
         the configured Keep Sampling Mask / Routing / indexing, without gradient."""
         mb = mb.to(self.device)
         with torch.no_grad():
-            out = self._forward(model or self.engine, mb, indexer_loss=False)
+            out = self._forward(self.engine if model is None else model, mb, indexer_loss=False)
             return masked_log_probs(out.logits, mb.target_ids, self._kept(mb), temperature=self.temperature)
 
     def _kept(self, mb: TrainBatch) -> Tensor | None:
@@ -376,18 +376,15 @@ class _Metrics:
         for key in _TOKEN_MEANS:
             if key in metrics:
                 self.add(key, metrics[key] * n_tok)
-        inf = torch.tensor(float("inf"), device=self.device)
-        if bool(n_tok > 0):
-            self.max("ratio_max", metrics["ratio_max"])
-            self.max("neg_ratio_min", -metrics["ratio_min"])
-        else:
-            self.max("ratio_max", -inf)
-            self.max("neg_ratio_min", -inf)
+        # No device sync here: a micro-batch without trained tokens contributes -inf to the maxima.
+        none = float("-inf")
+        self.max("ratio_max", torch.where(n_tok > 0, metrics["ratio_max"], none))
+        self.max("neg_ratio_min", torch.where(n_tok > 0, -metrics["ratio_min"], none))
         if record_mismatch:
-            diff = torch.where(valid, (logp - mb.old_logprobs).abs(), 0.0)
+            diff = torch.where(valid, (logp - mb.old_logprobs).abs(), 0.0)  # (b, N)
             self.add("mismatch_sum", diff.sum())
             self.add("mismatch_tokens", n_tok)
-            self.max("mismatch_max", diff.amax() if diff.numel() else -inf)
+            self.max("mismatch_max", diff.amax())
 
     def finalize(self, num_updates: int) -> dict[str, float]:
         keys = sorted(self.sums)

@@ -33,7 +33,8 @@ def one_layer_config() -> DSAConfig:
 
 def decode_ms(layer: MLAttention, cfg: DSAConfig, context: int, topk: int, repeats: int) -> tuple[float, float]:
     """Best-of-`repeats` ms to decode the token at position context-1 with `topk` keys selectable:
-    (whole layer, attention core = `MLAttention.attend` without the projections and W_o)."""
+    (whole layer, attention core = `MLAttention.attend`: everything that grows with the context, plus
+    the W_UV up-projection of the heads' outputs; the per-token projections are left out)."""
     layer.topk = topk
     cache = DSACache.allocate(cfg, 1, context)
     g = torch.Generator().manual_seed(0)

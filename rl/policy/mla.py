@@ -128,19 +128,27 @@ class MLAttention(nn.Module):
         return torch.bmm(o, w_uv.transpose(1, 2)).view(H, B, C, self.dv).permute(1, 2, 0, 3)
 
     def project(self, h: torch.Tensor, ctx: AttentionContext) -> dict[str, torch.Tensor]:
-        """Per-token projections of h (B, T, d): query latent, RoPE'd queries, the new cache entries."""
+        """Per-token projections of h (B, T, d): query latent, RoPE'd queries, the new cache entries,
+        and (sparse mode / indexer loss) the absorbed query and the indexer's queries and head weights.
+        Everything here costs O(1) per token; `attend` holds all the work that grows with context."""
         B, T, _ = h.shape
         cos, sin = ctx.rope
         q_latent = self.q_norm(self.q_a(h))  # (B, T, q_lora)
         q = self.q_b(q_latent).view(B, T, self.n_heads, self.dn + self.dr)  # (B, T, H, dn+dr)
         q_nope, q_rope = q.split([self.dn, self.dr], dim=-1)
         c_kv, k_rope = self.kv_a(h).split([self.kv_lora, self.dr], dim=-1)
-        return {
+        p = {
             "h": h, "q_latent": q_latent, "q_nope": q_nope,
             "q_rope": apply_rope(q_rope, cos.unsqueeze(2), sin.unsqueeze(2)),
             "entry": torch.cat([self.kv_norm(c_kv), apply_rope(k_rope, cos, sin)], dim=-1),  # (B, T, kv_lora+dr)
             "index_k": self.indexer.keys(h, *ctx.index_rope),  # (B, T, d_I)
         }
+        if ctx.mode == "sparse":  # absorbed query [W_UK^T q_nope; q_rope]: (B, T, H, kv_lora+dr)
+            p["q_cat"] = torch.cat([self._absorb_query(q_nope), p["q_rope"]], dim=-1)
+        if ctx.mode == "sparse" or ctx.want_indexer_loss:
+            p["index_q"] = self.indexer.queries(q_latent, *ctx.index_rope)  # (B, T, H_I, d_I) fp32
+            p["index_w"] = self.indexer.head_weights(h)  # (B, T, H_I) fp32
+        return p
 
     def forward(
         self,
@@ -177,15 +185,13 @@ class MLAttention(nn.Module):
         need_selection = ctx.mode == "sparse" and topk_indices is None and (S > self.topk or ctx.want_topk)
         run_indexer = need_selection or ctx.want_indexer_loss
         if run_indexer:
-            index_q = self.indexer.queries(p["q_latent"], *ctx.index_rope)  # (B, T, H_I, d_I) fp32
-            index_w = self.indexer.head_weights(h)  # (B, T, H_I) fp32
-            keys_f = keys_i.float()
+            index_q, index_w, keys_f = p["index_q"], p["index_w"], keys_i.float()
         if ctx.mode == "dense":
             w_uk, w_uv = self._uk_uv()
             k_nope = torch.einsum("bsc,hnc->bshn", latents[..., : self.kv_lora], w_uk)  # (B, S, H, dn)
             values = torch.einsum("bsc,hvc->bshv", latents[..., : self.kv_lora], w_uv)  # (B, S, H, dv)
         else:
-            q_cat = torch.cat([self._absorb_query(q_nope), q_rope], dim=-1)  # (B, T, H, kv_lora+dr)
+            q_cat = p["q_cat"]
 
         outs, sels = [], []
         kl_sum = h.new_zeros((), dtype=torch.float32) if ctx.want_indexer_loss else None

@@ -201,7 +201,11 @@ class RewardsConfig:
     terms: dict[str, RewardTermConfig] = field(default_factory=dict)
     """Named reward terms; the reward is their weighted sum (each term is logged)."""
     timeout_s: float = _f(10.0, gt=0.0)
-    """Per-batch timeout of a reward function."""
+    """Per-step budget of every reward call (a failing batch is retried sample by sample within a
+    second such budget, so scoring returns within about 2 x timeout_s)."""
+    isolation: str = _f("process", choices=("process", "thread"))
+    """``process``: rewards run in worker processes killed and replaced at the deadline; ``thread``:
+    in threads (for rewards sharing the trainer's memory, e.g. a reward model on the GPU)."""
     num_workers: int = _f(2, ge=1)
     """Reward evaluations run in parallel."""
     on_error: str = _f("count", choices=("count", "raise"))

@@ -7,11 +7,13 @@ the trainer, the rollout workers, the logger. ``StartupError`` carries the one-l
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 
@@ -94,12 +96,34 @@ def _rows(ds, tok) -> list[dict[str, Any]]:
     return rows
 
 
+def check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """Fail fast when a ``host:port`` Ray address (any scheme) does not accept connections.
+
+    ``ray.init`` itself waits minutes for an unreachable head; ``auto`` is left to Ray.
+    """
+    if address == "auto":
+        return
+    hostport = urlparse(address if "://" in address else f"ray://{address}").netloc
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise StartupError(f"cluster.address={address!r}: expected HOST:PORT (or ray://HOST:PORT, "
+                           "http://HOST:8265 for ray_job, or 'auto')")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise StartupError(f"cluster.address={address!r}: nothing answers at {host}:{port} ({err.strerror or err}); "
+                           "start a head with `ray start --head` or unset cluster.address for a local cluster"
+                           ) from err
+
+
 def _init_ray(cfg: TrainConfig) -> None:
     import ray
 
     if ray.is_initialized():
         return
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_reachable(address)
     try:
         if address:
             ray.init(address=address, log_to_driver=False)
@@ -165,7 +189,8 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
     try:
         terms = {name: {k: v for k, v in asdict(t).items() if v is not None} for name, t in cfg.rewards.terms.items()}
         rewards = RewardRunner(terms, timeout_s=cfg.rewards.timeout_s, num_workers=cfg.rewards.num_workers,
-                               on_error=cfg.rewards.on_error, max_error_rate=cfg.rewards.max_error_rate)
+                               on_error=cfg.rewards.on_error, max_error_rate=cfg.rewards.max_error_rate,
+                               isolation=cfg.rewards.isolation)
     except (KeyError, ValueError, ImportError) as err:
         raise StartupError(f"rewards: {str(err).strip(chr(34) + chr(39))}") from err
     if not terms:

@@ -41,7 +41,7 @@ class RolloutPool:
     def __init__(self, model_config, tokenizer: str | None = None, engine_config: EngineConfig | None = None, *,
                  num_workers: int = 1, state_dict: dict | None = None, num_cpus_per_worker: float = 1,
                  num_gpus_per_worker: float = 0, chunk_size: int | None = None, max_in_flight: int = 2,
-                 max_restarts: int = 3, seed: int = 0, ray_num_cpus: int | None = None) -> None:
+                 max_restarts: int = 3, seed: int = 0, version: int = 0, ray_num_cpus: int | None = None) -> None:
         if not ray.is_initialized():
             ray.init(num_cpus=ray_num_cpus, include_dashboard=False)
         self._actor_cls = ray.remote(RolloutWorker)
@@ -53,8 +53,8 @@ class RolloutPool:
         self.max_restarts = max_restarts
         self.restarts = [0] * num_workers
         """Re-creations per worker slot so far."""
-        self.version = 0
-        """Weight version of the last push."""
+        self.version = version
+        """Weight version of the last push (of `state_dict` at start)."""
         self._weights_ref = ray.put(_cpu_state(state_dict)) if state_dict is not None else None
         self._seed = seed
         self._calls = 0

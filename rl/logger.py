@@ -35,18 +35,43 @@ class NoopLogger:
         pass
 
 
+class ConsoleLogger:
+    """Prints one line of the headline metrics per logged step (``logger=none``)."""
+
+    KEYS = (("reward/mean", "reward"), ("eval/greedy_accuracy", "acc"), ("eval/sampled_accuracy", "sampled_acc"),
+            ("train/kl", "kl"), ("train/clip_frac_high", "clip_high"), ("train/masked_frac", "masked"),
+            ("train/entropy", "entropy"), ("train/logp_mismatch_max", "mismatch"),
+            ("response/length_mean", "len"), ("rollout/tokens_per_s", "rollout_tok/s"),
+            ("train/tokens_per_s", "train_tok/s"))
+
+    def __init__(self, every: int = 1) -> None:
+        self.every = every
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        if step % self.every:
+            return
+        parts = [f"{short}={metrics[k]:.4g}" for k, short in self.KEYS if k in metrics]
+        print(f"step {step}: " + " ".join(parts), flush=True)
+
+    def finish(self) -> None:
+        pass
+
+
 class WandbLogger:
     """wandb run writing under ``run_dir``; offline unless configured or WANDB_MODE says otherwise."""
 
-    def __init__(self, project: str, mode: str, run_dir: str, name: str, config: dict[str, Any]):
+    def __init__(self, project: str, mode: str, run_dir: str, name: str, config: dict[str, Any],
+                 every: int = 1):
         import wandb
 
+        self.every = every
         self._wandb = wandb
         self.run = wandb.init(project=project, mode=os.environ.get("WANDB_MODE", mode), dir=run_dir,
                               name=name, config=config, reinit="finish_previous")
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
-        self.run.log({k: v for k, v in metrics.items() if not _is_nan(v)}, step=step)
+        if step % self.every == 0:
+            self.run.log({k: v for k, v in metrics.items() if not _is_nan(v)}, step=step)
 
     def finish(self) -> None:
         self.run.finish()
@@ -59,8 +84,8 @@ def _is_nan(v: Any) -> bool:
 def make_logger(cfg: LoggerConfig, run_dir: str, name: str, config: dict[str, Any]) -> Logger:
     """The logger the config asks for."""
     if cfg.kind == "none":
-        return NoopLogger()
-    return WandbLogger(cfg.project, cfg.mode, run_dir, name, config)
+        return ConsoleLogger(cfg.log_every)
+    return WandbLogger(cfg.project, cfg.mode, run_dir, name, config, cfg.log_every)
 
 
 def make_progress(enabled: bool = True) -> Progress:

@@ -95,7 +95,8 @@ def run(cfg: TrainConfig, run_dir: str) -> dict[str, Any]:
         run.logger.log(final, step)
         run.checkpoint(step)
         summary = _summary(run, history, reason, step)
-        run.say(f"stopped: {reason}\nafter RL: {_fmt(history[-1])}")
+        run.say(f"after RL: {_fmt(history[-1])}")
+        print(format_summary(summary), flush=True)
         return summary
     finally:
         run.close()
@@ -115,6 +116,18 @@ def _fmt(m: dict[str, Any]) -> str:
     keys = [("reward/mean", "reward"), ("eval/greedy_accuracy", "acc"), ("eval/sampled_accuracy", "sampled"),
             ("train/kl", "kl"), ("rollout/tokens_per_s", "tok/s")]
     return " ".join(f"{short} {m[k]:.3g}" for k, short in keys if k in m and m[k] == m[k])
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The end-of-run table: held-out metrics before and after RL, and what the run spent."""
+    before, after = summary["before"], summary["after"]
+    keys = sorted(k for k in after if k.startswith("eval/"))
+    lines = [f"{'held-out':<24}{'before':>10}{'after':>10}"]
+    lines += [f"{k[5:]:<24}{before.get(k, float('nan')):>10.3f}{after[k]:>10.3f}" for k in keys]
+    b = summary["budget"]
+    lines.append(f"stopped by {summary['stopped']} after {summary['steps']} steps, {b['budget/seconds']:.0f} s, "
+                 f"{b['budget/samples']} samples, {b['budget/flops']:.3g} FLOPs; outputs in {summary['run_dir']}")
+    return "\n".join(lines)
 
 
 def _summary(run: Run, history: list[dict[str, Any]], reason: str, step: int) -> dict[str, Any]:

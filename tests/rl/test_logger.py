@@ -17,11 +17,13 @@ def test_wandb_offline_writes_local_run(tmp_path: Path, monkeypatch) -> None:
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
 
 
-def test_none_logger() -> None:
-    logger = make_logger(LoggerConfig(kind="none"), "/nonexistent", "t", {})
-    assert isinstance(logger, NoopLogger)
-    logger.log({"x": 1.0}, step=0)
+def test_none_logger_prints_to_console(capsys) -> None:
+    logger = make_logger(LoggerConfig(kind="none", log_every=2), "/nonexistent", "t", {})
+    logger.log({"reward/mean": 0.25, "train/kl": 0.001, "other": 3.0}, step=2)
+    logger.log({"reward/mean": 0.5}, step=3)
     logger.finish()
+    assert capsys.readouterr().out == "step 2: reward=0.25 kl=0.001\n"
+    NoopLogger().log({"x": 1.0}, step=0)
 
 
 def test_progress_shows_info() -> None:

@@ -1,0 +1,99 @@
+"""The GRPO loop: start-up checks, and (slow) the real entry point end to end, with kill + resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from rl.config import register_configs, to_config
+from rl.setup import StartupError, build_run, check_reachable
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["+experiment=math", "coldstart.sft_steps=10", "coldstart.indexer_warmup_steps=2",
+        "coldstart.sparse_steps=2", "data.synth.num_train=200", "data.synth.num_test=50", "data.test_size=8",
+        "rollout.prompts_per_step=2", "rollout.max_new_tokens=24", "algorithm.group_size=4",
+        "algorithm.mini_batch_size=8", "algorithm.micro_batch_size=8", "logger=none", "logger.progress=false"]
+register_configs()
+
+
+def _cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return to_config(compose(config_name="train", overrides=overrides))
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.source=/nope/problems.json", "data.source='/nope/problems.json': no such file or directory"),
+    ("rewards.terms.correct.name=no_such_reward", "unknown reward 'no_such_reward'; built-in rewards: "),
+    ("cluster.address=127.0.0.1:9", "cluster.address='127.0.0.1:9': nothing answers at 127.0.0.1:9"),
+])
+def test_bad_input_stops_at_start_up(tmp_path: Path, override: str, message: str) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(StartupError) as err:
+        build_run(_cfg([*TINY, override]), str(tmp_path))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert time.monotonic() - t0 < 30
+
+
+def test_address_forms() -> None:
+    with pytest.raises(StartupError, match="expected HOST:PORT"):
+        check_reachable("not-an-address")
+    with pytest.raises(StartupError, match="nothing answers at 127.0.0.1:9"):
+        check_reachable("ray://127.0.0.1:9")
+
+
+def _train(args: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "rl.train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_cli_reports_start_up_errors_in_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "DSA_RL_CACHE": str(tmp_path / "cache")}
+    p = _train([*TINY, "data.source=/nope/x.json", f"hydra.run.dir={tmp_path / 'run'}"], env)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 2
+    assert "error: data.source='/nope/x.json': no such file or directory" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_smoke_run_then_kill_and_resume(tmp_path: Path) -> None:
+    """The CI smoke test: the real entry point, 2 steps; then a 4-step run killed after its first
+    checkpoint and resumed to the end."""
+    env = {**os.environ, "DSA_RL_CACHE": str(tmp_path / "cache")}
+    run = tmp_path / "run"
+    p = _train([*TINY, "budget=smoke", f"hydra.run.dir={run}"], env)
+    out, _ = p.communicate(timeout=900)
+    assert p.returncode == 0, out[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["stopped"].startswith("max_steps")
+    assert "eval/greedy_accuracy" in summary["before"] and "eval/pass@4" in summary["after"]
+    assert (run / "progress.png").stat().st_size > 0 and (run / "final" / "config.json").exists()
+    assert "before RL:" in out and "after RL:" in out
+
+    run2 = tmp_path / "run2"
+    args = [*TINY, "budget.max_steps=4", "budget.max_seconds=null", "checkpoint_every=1", f"hydra.run.dir={run2}"]
+    p = _train(args, env, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not (run2 / "checkpoints" / "latest").exists():
+        assert p.poll() is None and time.monotonic() < deadline, p.stdout.read()[-3000:]
+        time.sleep(0.5)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    latest = (run2 / "checkpoints" / "latest").read_text().strip()
+    assert (run2 / "checkpoints" / latest).is_dir()
+    assert not (run2 / "summary.json").exists()
+    p = _train([*args, f"resume={run2}"], env)
+    out, _ = p.communicate(timeout=900)
+    assert p.returncode == 0, out[-3000:]
+    assert "resumed" in out
+    summary = json.loads((run2 / "summary.json").read_text())
+    assert summary["steps"] == 4
+    steps = [json.loads(line)["step"] for line in (run2 / "history.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 4 and len(set(steps[1:-1])) == len(steps[1:-1])

@@ -33,12 +33,12 @@ class LookupEnv(ToolEnv):
             hits = [{"id": e["id"], "name": e["name"]} for e in d["employees"] if q and q in e["name"].lower()]
             return hits or "No employee matches that name."
 
-        def get_employee(id: int) -> dict[str, Any]:  # noqa: A002 - the tool's argument name
+        def get_employee(id: int) -> dict[str, Any]:
             if id not in emp:
                 raise ToolError(f"no employee with id {id}")
             return emp[id]
 
-        def get_department(id: int) -> dict[str, Any]:  # noqa: A002
+        def get_department(id: int) -> dict[str, Any]:
             if id not in dept:
                 raise ToolError(f"no department with id {id}")
             return dept[id]

@@ -48,7 +48,7 @@ class SearchEnv(ToolEnv):
                     for _, i in scored[:TOP_K]]
             return hits or "No results."
 
-        def open_doc(id: str) -> str:  # noqa: A002 - the tool's argument name
+        def open_doc(id: str) -> str:
             if id not in docs:
                 raise ToolError(f"no document {id!r}")
             return docs[id]["text"]
@@ -90,8 +90,8 @@ class SearchFamily:
             docs.append((c, f"{c} is a country on the continent of {f['continent']}. Its capital is {f['capital']}."))
         for _ in range(6):  # distractors: notes that mention names without the facts
             a, b = rng.sample(people, 2)
-            docs.append((f"Letters of {a['name'].split()[0]}", f"A letter from {a['name']} to {b['name']} about "
-                                                                 f"a journey to {rng.choice(cities)}."))
+            note = f"A letter from {a['name']} to {b['name']} about a journey to {rng.choice(cities)}."
+            docs.append((f"Letters of {a['name'].split()[0]}", note))
         rng.shuffle(docs)
         return {"docs": [{"id": f"D{i + 1}", "title": t, "text": x} for i, (t, x) in enumerate(docs)], "facts": facts}
 

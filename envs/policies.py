@@ -1,0 +1,101 @@
+"""Scripted policies behind an engine-shaped interface, and cold-start demonstrations.
+
+:class:`ScriptedEngine` stands in for ``rollout.engine.RolloutEngine`` in ``rollout.agent.run_agent``:
+``generate(prompt_token_id_lists, params, seed=)`` reads each prompt (the user message, the number
+of assistant turns so far, the tool results), asks a ``respond`` function for the next turn's text
+and returns the *token ids of that text* (plus ``<|end|>``) as a sampled continuation
+(log-probabilities 0, i.e. probability 1). Policies:
+
+- :func:`reference_policy`: replays each task's reference solution, one tool call per turn, with a
+  short reasoning (scores 100% when the loop and environments are right);
+- :func:`no_tool_policy`: answers at once without tools (scores near 0).
+
+:func:`demonstrations` runs the reference policy through the real loop: the trajectories' tokens
+and loss masks are ready-made cold-start (SFT) examples.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from envs.base import format_turn
+from rollout.sampling import SamplingParams
+from rollout.types import Trajectory
+
+Respond = Callable[[str, int, list[str]], str]
+"""``respond(user_text, turn_index, tool_results_so_far) -> assistant text`` (without ``<|end|>``)."""
+
+
+@dataclass
+class _Limits:
+    max_seq_len: int | None = 4096
+
+
+class ScriptedEngine:
+    """An engine that "samples" the text a ``respond`` function returns (ids of its tokenisation)."""
+
+    def __init__(self, tokenizer: Any, respond: Respond, max_seq_len: int = 4096) -> None:
+        self.tokenizer = tokenizer
+        self.respond = respond
+        self.weight_version = 0
+        self.config = _Limits(max_seq_len)
+        self.calls = 0
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, *,
+                 seed: int | None = None) -> list[Trajectory]:
+        tok = self.tokenizer
+        out = []
+        self.calls += 1
+        for i, p in enumerate(prompts):
+            text = tok.decode(list(p), skip_special_tokens=False)
+            user = text.split("<|user|>", 1)[1].split(tok.eos_token, 1)[0] if "<|user|>" in text else ""
+            turn = text.count("<|assistant|>") - 1
+            results = [s.split(tok.eos_token, 1)[0] for s in text.split("<|tool|>")[1:]]
+            new = tok.encode(self.respond(user, turn, results), add_special_tokens=False)
+            new = list(new) + [tok.eos_token_id]
+            limit = min(params.max_new_tokens, self.config.max_seq_len - len(p))
+            reason = "stop"
+            if len(new) > limit:
+                new, reason = new[:limit], ("length" if limit == params.max_new_tokens else "context")
+            n, plen = len(new), len(p)
+            out.append(Trajectory(
+                tokens=torch.tensor(list(p) + new, dtype=torch.long), prompt_len=plen,
+                loss_mask=torch.cat([torch.zeros(plen, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]),
+                logprobs=torch.zeros(plen + n), completion=tok.decode(new, skip_special_tokens=True),
+                finish_reason=reason, weight_version=self.weight_version, prompt_index=i))
+        return out
+
+
+def reference_policy(tasks: Sequence[Any]) -> Respond:
+    """Replay each task's reference solution, one call per turn (tasks keyed by their prompt)."""
+    refs = {t.prompt: t.reference for t in tasks}
+
+    def respond(user: str, turn: int, results: list[str]) -> str:
+        ref = refs.get(user)
+        if ref is None or turn >= len(ref):
+            return "I cannot continue."
+        call = ref[turn]
+        why = "I have what I need; submitting." if turn == len(ref) - 1 else f"Next I call {call['name']}."
+        return format_turn(why, "", [(call["name"], call["arguments"])])
+
+    return respond
+
+
+def no_tool_policy(answer: str = "42") -> Respond:
+    """Answer immediately, in text, without calling any tool."""
+    return lambda user, turn, results: format_turn("I will answer directly.", answer)
+
+
+def demonstrations(tasks: Sequence[Any], tokenizer: Any, config: Any = None) -> list[Trajectory]:
+    """Cold-start examples: the reference policy through ``rollout.agent.run_agent``.
+
+    Each trajectory's ``tokens`` / ``loss_mask`` (True on the assistant turns) is one SFT example;
+    ``info["env_reward"]`` is 1 for all of them (checked by the tests).
+    """
+    from rollout.agent import run_agent
+
+    engine = ScriptedEngine(tokenizer, reference_policy(tasks))
+    return run_agent(engine, tasks, SamplingParams(max_new_tokens=4096), config)

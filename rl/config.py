@@ -284,6 +284,21 @@ class ClusterConfig:
     """Slurm account."""
     time: str = "01:00:00"
     """Slurm time limit."""
+    placement: str = _f("PACK", choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD", "none"))
+    """Ray placement-group strategy of the trainer and rollout actors (``none``: no placement groups)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment variables of the submitted job (Ray runtime env; exported in the sbatch script)."""
+    setup: list[str] = field(default_factory=list)
+    """Shell lines the sbatch script runs first (e.g. ``source .venv/bin/activate``); srun steps
+    inherit the environment they leave."""
+    ray_port: int = _f(6379, ge=1, le=65535)
+    """GCS port of the Ray head a Slurm job starts."""
+    ray_head_args: list[str] = field(default_factory=list)
+    """Extra arguments of the head's ``ray start`` in a Slurm job (e.g. ``--temp-dir=/scratch/ray``)."""
+    ray_worker_args: list[str] = field(default_factory=list)
+    """Extra arguments of the other nodes' ``ray start`` in a Slurm job."""
+    wait_nodes_s: int = _f(300, ge=1)
+    """Seconds a Slurm job waits for all its nodes to join the Ray cluster."""
 
 
 @dataclass

@@ -101,6 +101,8 @@ class TrainerGroup:
     Args:
         num_processes: N actors (one DeepSpeed rank each).
         cpus_per_actor / gpus_per_actor: Ray resources of each actor.
+        actor_options: merged into each actor's ``.options(...)`` (e.g. a placement-group
+            ``scheduling_strategy`` from :mod:`rl.placement`, which may put ranks on several nodes).
         **trainer_kwargs: the :class:`~rl.trainer.Trainer` arguments; ``policy`` must be a picklable
             zero-argument factory (each actor builds its own copy after seeding).
 
@@ -108,14 +110,14 @@ class TrainerGroup:
     """
 
     def __init__(self, num_processes: int, *, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0,
-                 **trainer_kwargs: Any) -> None:
+                 actor_options: dict[str, Any] | None = None, **trainer_kwargs: Any) -> None:
         import ray
 
         if not callable(trainer_kwargs.get("policy")) or isinstance(trainer_kwargs.get("policy"),
                                                                      torch.nn.Module):
             raise TypeError("TrainerGroup needs policy= a picklable zero-argument factory, not a module")
         actor_cls = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)(TrainerWorker)
-        self.actors = [actor_cls.remote() for _ in range(num_processes)]
+        self.actors = [actor_cls.options(**(actor_options or {})).remote() for _ in range(num_processes)]
         addr, port = ray.get(self.actors[0].node_address.remote())
         ips = ray.get([a.node_ip.remote() for a in self.actors])
         # Local rank = index among the actors on the same node (each GPU actor sees only its own
@@ -158,12 +160,14 @@ class TrainerGroup:
 
 
 def make_trainer(policy: Callable[[], torch.nn.Module], *, num_processes: int, cpus_per_actor: float = 1.0,
-                 gpus_per_actor: float = 0.0, **trainer_kwargs: Any) -> Any:
+                 gpus_per_actor: float = 0.0, actor_options: dict[str, Any] | None = None,
+                 **trainer_kwargs: Any) -> Any:
     """One in-process :class:`~rl.trainer.Trainer` when ``num_processes == 1``, else a
-    :class:`TrainerGroup` of Ray actors (Ray must be initialised by the caller)."""
+    :class:`TrainerGroup` of Ray actors (Ray must be initialised by the caller; ``actor_options``
+    apply to the actors only)."""
     if num_processes == 1:
         from rl.trainer import Trainer
 
         return Trainer(policy=policy, **trainer_kwargs)
     return TrainerGroup(num_processes, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
-                        policy=policy, **trainer_kwargs)
+                        actor_options=actor_options, policy=policy, **trainer_kwargs)

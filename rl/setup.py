@@ -50,6 +50,7 @@ class Run:
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     say: Callable[[str], None] = print
+    placement: Any = None
 
     def engine_generate(self, rows: list[dict[str, Any]], group_size: int, *, greedy: bool, seed: int):
         """Decode held-out prompts in-process with the trainer's current weights."""
@@ -79,6 +80,8 @@ class Run:
         self.logger.finish()
         if self.pool is not None:
             self.pool.shutdown()
+        if self.placement is not None:
+            self.placement.remove()
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -122,6 +125,8 @@ def _init_ray(cfg: TrainConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    if cfg.cluster.kind == "ray_job":  # inside a Ray job: join the job's cluster (Ray sets RAY_ADDRESS)
+        address = os.environ.get("RAY_ADDRESS") or "auto"
     if address:
         check_reachable(address)
     try:
@@ -213,9 +218,16 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
         m.load_state_dict(weights)
         return m
 
+    from rl.placement import PlacementError, place
+
+    try:
+        placement = place(cfg)
+    except PlacementError as err:
+        raise StartupError(str(err)) from err
     res = cfg.resources
     trainer = make_trainer(factory, num_processes=cfg.deepspeed.num_processes, cpus_per_actor=res.cpus_per_actor,
-                           gpus_per_actor=res.gpus_per_trainer, algo=cfg.algorithm, ds=cfg.deepspeed,
+                           gpus_per_actor=res.gpus_per_trainer, actor_options=placement.trainer_options,
+                           algo=cfg.algorithm, ds=cfg.deepspeed,
                            temperature=cfg.rollout.temperature, norm_constant=float(cfg.rollout.max_new_tokens),
                            seed=cfg.seed, pad_id=tok.pad_token_id)
     sampler = PromptSampler(len(train_rows), cfg.seed)
@@ -231,7 +243,7 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
     tok_dir = cfg.model.tokenizer or cfg.model.path
     pool = RolloutPool(model_config.to_dict(), tok_dir, num_workers=cfg.rollout.num_workers, state_dict=weights,
                        num_cpus_per_worker=res.cpus_per_actor, num_gpus_per_worker=res.gpus_per_worker,
-                       seed=cfg.seed)
+                       seed=cfg.seed, actor_options=placement.worker_options)
     pool.version = step
     from rl.logger import make_logger, make_progress
 
@@ -242,4 +254,5 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
                test_rows=test_rows, rewards=rewards, correct_term=correct_term, budget=budget, sampler=sampler,
                trainer=trainer, pool=pool, eval_model=eval_model,
                sampling=SamplingParams.from_config(cfg.rollout), logger=logger,
-               progress=make_progress(cfg.logger.progress), step=step, history=history, say=say)
+               progress=make_progress(cfg.logger.progress), step=step, history=history, say=say,
+               placement=placement)

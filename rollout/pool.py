@@ -41,12 +41,16 @@ class RolloutPool:
     def __init__(self, model_config, tokenizer: str | None = None, engine_config: EngineConfig | None = None, *,
                  num_workers: int = 1, state_dict: dict | None = None, num_cpus_per_worker: float = 1,
                  num_gpus_per_worker: float = 0, chunk_size: int | None = None, max_in_flight: int = 2,
-                 max_restarts: int = 3, seed: int = 0, version: int = 0, ray_num_cpus: int | None = None) -> None:
+                 max_restarts: int = 3, seed: int = 0, version: int = 0, ray_num_cpus: int | None = None,
+                 actor_options: dict | None = None) -> None:
+        """actor_options: merged into every worker's `.options(...)` (e.g. a placement-group
+        `scheduling_strategy` from `rl.placement`)."""
         if not ray.is_initialized():
             ray.init(num_cpus=ray_num_cpus, include_dashboard=False)
         self._actor_cls = ray.remote(RolloutWorker)
         self._worker_args = (model_config, tokenizer, engine_config)
-        self._opts = {"num_cpus": num_cpus_per_worker, "num_gpus": num_gpus_per_worker, "max_restarts": 0}
+        self._opts = {"num_cpus": num_cpus_per_worker, "num_gpus": num_gpus_per_worker, "max_restarts": 0,
+                      **(actor_options or {})}
         self._threads = max(1, int(num_cpus_per_worker))
         self.chunk_size = chunk_size
         self.max_in_flight = max_in_flight

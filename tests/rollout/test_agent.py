@@ -8,9 +8,9 @@ from envs.base import format_turn
 from envs.policies import ScriptedEngine, demonstrations, no_tool_policy, reference_policy
 from envs.synth.pipeline import synthesize
 from rewards.sandbox import sandbox_support
+from rl.policy.tokenizer import load_tokenizer
 from rollout.agent import AgentConfig, agent_solver, run_agent
 from rollout.sampling import SamplingParams
-from rl.policy.tokenizer import load_tokenizer
 
 PARAMS = SamplingParams(max_new_tokens=2048)
 
@@ -97,7 +97,9 @@ def test_sampled_ids_kept_verbatim(tok, tasks):
         return [i for ch in tok.decode(ids) for i in tok.encode(ch, add_special_tokens=False)]
 
     class CharEngine(ScriptedEngine):
-        sampled: list[list[int]] = []
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.sampled: list[list[int]] = []
 
         def generate(self, prompts, params, *, seed=None):
             outs = super().generate(prompts, params, seed=seed)
@@ -124,11 +126,11 @@ def test_sampled_ids_kept_verbatim(tok, tasks):
 
 def test_turn_limit_and_malformed_calls(tok, tasks):
     task = tasks[0]
-    junk = lambda user, turn, results: '<tool_call>{"name": "get_hotels", "arguments": {bad}</tool_call>'  # noqa: E731
+    junk = lambda user, turn, results: '<tool_call>{"name": "get_hotels", "arguments": {bad}</tool_call>'
     (traj,) = run_agent(ScriptedEngine(tok, junk), [task], PARAMS, AgentConfig(max_turns=3))
     assert traj.finish_reason == "turns" and traj.info["env_reward"] == 0.0
     assert traj.num_turns == 3 and traj.num_tool_calls == 3 and traj.num_tool_errors == 3
-    assert [m["content"] for m in traj.info["messages"] if m["role"] == "tool"][0].startswith("Error: tool call is not")
+    assert next(m["content"] for m in traj.info["messages"] if m["role"] == "tool").startswith("Error: tool call is not")
     assert traj.tokens[-1] == tok.eos_token_id and traj.loss_mask[-1]  # ends at the last sampled token
 
 

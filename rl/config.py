@@ -316,6 +316,44 @@ class LoggerConfig:
 
 
 @dataclass
+class IndexerTrainConfig:
+    """``python -m rl.indexer_train``: turning a dense checkpoint into a DSA policy (V3.2 section 2)."""
+
+    stage: str = _f("warmup", choices=("warmup", "sparse"))
+    """``warmup``: dense attention, only the indexers train (KL to head-summed attention);
+    ``sparse``: top-k on, LM loss + indexer KL over the selected set (indexer input detached)."""
+    text: str = "synth"
+    """Training text: ``synth`` (the embedded math/tool corpus), a local .txt/.json/.jsonl/.parquet
+    file or directory, or a hub data set id."""
+    text_column: str = "text"
+    """Column holding the text (files and hub sets other than .txt)."""
+    text_split: str = "train"
+    """Split of a hub data set / data files."""
+    seq_len: int = _f(256, ge=8)
+    """Tokens per packed training sequence."""
+    num_sequences: int = _f(2000, ge=1)
+    """Packed training sequences built (cycled if the budget asks for more)."""
+    eval_sequences: int = _f(32, ge=1)
+    """Held-out packed sequences for the recall / LM-gap report."""
+    batch_size: int = _f(8, ge=1)
+    """Sequences per optimizer step."""
+    lr: float = _f(1e-3, gt=0.0)
+    """Learning rate of the indexer parameters (V3.2 warm-up: 1e-3)."""
+    model_lr: float = _f(1e-5, gt=0.0)
+    """Learning rate of every other parameter in the sparse stage."""
+    warmup_steps: int = _f(10, ge=0)
+    """Linear LR warm-up steps."""
+    indexer_loss_weight: float = _f(1.0, ge=0.0)
+    """Weight of the indexer KL next to the LM loss in the sparse stage."""
+    index_n_heads: int = _f(4, ge=1)
+    """Indexer heads H_I given to a checkpoint converted on the fly."""
+    index_head_dim: int = _f(32, ge=4)
+    """Indexer head dim d_I given to a checkpoint converted on the fly (a multiple of 4)."""
+    output: str | None = None
+    """Where the trained policy is saved; unset = RUN_DIR/model."""
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
@@ -329,6 +367,8 @@ class TrainConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    indexer: IndexerTrainConfig = field(default_factory=IndexerTrainConfig)
+    """Dense warm-up / sparse stage of a converted checkpoint (``rl.indexer_train``)."""
     experiment: str = "default"
     """Experiment name (set by ``+experiment=...``)."""
     seed: int = 0

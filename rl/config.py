@@ -224,6 +224,21 @@ class EnvConfig:
     """Drop the oldest tool outputs once a conversation reaches this fraction of the context."""
     tool_timeout_s: float = _f(5.0, gt=0.0)
     """Per-tool-call timeout."""
+    path: str | None = None
+    """A data set written by ``python -m envs.synthesize`` (``train`` / ``test`` splits); unset =
+    synthesize ``num_envs`` environments at start-up (``name``: ``synth`` = every registered family,
+    or one family name)."""
+    num_envs: int = _f(2000, ge=1)
+    """Environments synthesized when ``path`` is unset (seconds per thousand)."""
+    levels: list[int] = _f(factory=lambda: [1, 2, 3, 4, 5])
+    """Difficulty levels synthesized (round-robin)."""
+    test_fraction: float = _f(0.1, ge=0.0, lt=1.0)
+    """Share of the synthesized environments held out for evaluation."""
+    pass_k: int = _f(0, ge=0)
+    """Solvability filter: drop training environments the cold-started policy never solves in
+    ``pass_k`` tries (V3.2: pass@100 > 0); 0 = off."""
+    max_result_chars: int = _f(2000, ge=1)
+    """Tool results are truncated to this many characters."""
 
 
 @dataclass

@@ -2,13 +2,14 @@
 
     python -m envs.synthesize --n 2000 --out DIR --seed 0 [--families trip,lookup] [--test-fraction 0.1]
 
-Splits ``train`` / ``test`` (held-out environments, every k-th one), rows as ``Task.to_row``, and
+Splits ``train`` / ``test`` (held-out environments, a seeded random share), rows as ``Task.to_row``, and
 prints a summary by family and difficulty with the time taken. The pass@K solvability filter
 needs a policy and runs in the training set-up (``envs.synth.pipeline.filter_solvable``).
 """
 from __future__ import annotations
 
 import argparse
+import random
 import time
 
 import datasets
@@ -16,11 +17,11 @@ import datasets
 from envs.synth.pipeline import summary_table, synthesize
 
 
-def to_dataset(tasks, test_fraction: float) -> datasets.DatasetDict:
-    """Every ``round(1 / test_fraction)``-th task goes to ``test`` (none when 0)."""
-    every = round(1 / test_fraction) if test_fraction > 0 else 0
-    test = [t.to_row() for i, t in enumerate(tasks) if every and i % every == every - 1]
-    train = [t.to_row() for i, t in enumerate(tasks) if not (every and i % every == every - 1)]
+def to_dataset(tasks, test_fraction: float, seed: int = 0) -> datasets.DatasetDict:
+    """A seeded random ``round(len(tasks) * test_fraction)`` of the tasks go to ``test``."""
+    held = set(random.Random(f"split:{seed}").sample(range(len(tasks)), round(len(tasks) * test_fraction)))
+    test = [t.to_row() for i, t in enumerate(tasks) if i in held]
+    train = [t.to_row() for i, t in enumerate(tasks) if i not in held]
     return datasets.DatasetDict({"train": datasets.Dataset.from_list(train),
                                  "test": datasets.Dataset.from_list(test)})
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     tasks, stats = synthesize(a.n, a.seed, [f for f in a.families.split(",") if f] or None,
                               tuple(int(x) for x in a.levels.split(",")))
     t1 = time.perf_counter()
-    ds = to_dataset(tasks, a.test_fraction)
+    ds = to_dataset(tasks, a.test_fraction, a.seed)
     ds.save_to_disk(a.out)
     print(summary_table(stats))
     print(f"{len(tasks)} environments (train {len(ds['train'])}, test {len(ds['test'])}) synthesized and "

@@ -111,6 +111,20 @@ class RolloutWorker:
             t.sample_index = sample_indices[i] if sample_indices is not None else 0
         return out
 
+    def run_agent(self, tasks: Sequence, params: SamplingParams, *, seed: int | None = None,
+                  prompt_indices: Sequence[int] | None = None, sample_indices: Sequence[int] | None = None,
+                  agent_config=None) -> list[Trajectory]:
+        """Multi-turn tool-use episodes (`rollout.agent.run_agent`), one trajectory per task, with
+        the same stamping and crash hook as `generate`. agent_config: a `rollout.agent.AgentConfig`."""
+        from rollout.agent import run_agent
+
+        if self._crash_in is not None:
+            self._crash_in -= 1
+            if self._crash_in == 0:
+                os._exit(1)
+        return run_agent(self.engine, tasks, params, agent_config, seed=seed, prompt_indices=prompt_indices,
+                         sample_indices=sample_indices)
+
     # ---- introspection and test hooks -----------------------------------------------------------
     def pid(self) -> int:
         return os.getpid()

@@ -190,3 +190,18 @@ def test_real_tiny_dsa_policy_plugs_in(tok, tasks):
     m = logprob_mismatch(model, trajs, temperature=params.temperature)
     print(f"turns {[t.num_turns for t in trajs]}, lengths {[len(t.tokens) for t in trajs]}, {m}")
     assert m.num_tokens == sum(t.num_sampled for t in trajs) and m.max_abs < 1e-4, m
+
+
+def test_rollout_worker_run_agent(tok, tasks):
+    """`RolloutWorker.run_agent` (what the Ray pool calls) stamps indices like `generate`."""
+    from rollout.worker import RolloutWorker
+
+    cfg = {"vocab_size": len(tok), "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    from rl.policy import DSAConfig
+
+    w = RolloutWorker(DSAConfig.from_preset("tiny", **cfg), num_threads=1, device="cpu")
+    task = next(t for t in tasks if t.family == "lookup")
+    out = w.run_agent([task, task], SamplingParams(max_new_tokens=4), seed=1, prompt_indices=[7, 7],
+                      sample_indices=[0, 1], agent_config=AgentConfig(max_turns=2))
+    assert [(t.prompt_index, t.sample_index) for t in out] == [(7, 0), (7, 1)]
+    assert all(t.num_turns >= 1 and t.loss_mask.any() and "env_reward" in t.info for t in out)

@@ -1,0 +1,169 @@
+"""rl.policy.convert: a Llama/Qwen2 checkpoint as a DSA policy (exact in dense mode, DSA when sparse)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+import rl.policy  # noqa: F401  (registers dsa_llama)
+from rl.policy.convert import (
+    DSALlamaConfig,
+    DSALlamaForCausalLM,
+    convert_model,
+    convert_pretrained,
+    sequence_forward_macs,
+)
+from rl.policy.indexer_loss import indexer_kl
+
+SHAPE = {"vocab_size": 97, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "initializer_range": 0.1}
+INDEXER = {"index_topk": 6, "index_n_heads": 2, "index_head_dim": 16}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _source(kind: str = "llama", **kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if kind == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**SHAPE, **kw)).eval()
+    return LlamaForCausalLM(LlamaConfig(**SHAPE, **kw)).eval()
+
+
+@pytest.mark.parametrize(("kind", "kw"), [("llama", {}), ("qwen2", {}),
+                                          ("llama", {"tie_word_embeddings": True, "attention_bias": True})])
+def test_saved_conversion_loads_with_auto_and_is_exact_in_dense_mode(tmp_path, kind, kw):
+    src = _source(kind, **kw)
+    src.save_pretrained(tmp_path / "src")
+    convert_pretrained(str(tmp_path / "src"), tmp_path / "dsa", **INDEXER)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "dsa").eval()
+    assert isinstance(model, DSALlamaForCausalLM)
+    assert model.config.source_model_type == kind
+    ids = torch.randint(0, 97, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = src(ids).logits
+        dense = model(ids, attention_mode="dense", use_cache=False).logits
+    assert (dense - ref).abs().max() < 1e-5
+    # the indexer is new, everything else is the source's
+    assert all(".indexer." in k for k in set(model.state_dict()) - set(src.state_dict()))
+
+
+def test_left_padding_gives_the_unpadded_result():
+    model = convert_model(_source(), **INDEXER)
+    ids = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(2))
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], 1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 12, dtype=torch.long)], 1)
+    with torch.no_grad():
+        for mode in ("dense", "sparse"):
+            a = model(ids, attention_mode=mode, use_cache=False).logits
+            b = model(padded, attention_mask=mask, attention_mode=mode, use_cache=False).logits[:, 3:]
+            assert (a - b).abs().max() < 1e-5
+
+
+def test_sparse_equals_dense_when_every_key_fits_and_differs_otherwise():
+    model = convert_model(_source(), **INDEXER)
+    ids = torch.randint(0, 97, (2, 6), generator=torch.Generator().manual_seed(3))  # T = k = 6
+    longer = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert (model(ids, attention_mode="sparse").logits - model(ids, attention_mode="dense").logits).abs().max() < 1e-6
+        d = model(longer, attention_mode="dense", use_cache=False).logits
+        s = model(longer, attention_mode="sparse", use_cache=False).logits
+    assert (d[:, :6] - s[:, :6]).abs().max() < 1e-5  # queries t < k see all their keys
+    assert (d[:, 6:] - s[:, 6:]).abs().max() > 1e-3
+
+
+def test_topk_output_and_replay():
+    model = convert_model(_source(), **INDEXER)
+    ids = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out = model(ids, attention_mode="sparse", use_cache=False, output_topk_indices=True)
+        sel = out.topk_indices
+        assert len(sel) == 2 and sel[0].shape == (2, 16, 6)
+        row = sel[0][0, 2]  # query 2 sees 3 keys: [0, 1, 2, -1, -1, -1]
+        assert row.tolist() == [0, 1, 2, -1, -1, -1]
+        assert (sel[1][:, 10] <= 10).all() and (sel[1][:, 10] >= 0).all()
+        # replaying a different selection changes the result; replaying its own reproduces it
+        again = model(ids, attention_mode="sparse", use_cache=False, topk_indices=sel).logits
+        assert (again - out.logits).abs().max() < 1e-6
+        other = tuple(s.flip(0) for s in sel)
+        assert (model(ids, attention_mode="sparse", use_cache=False, topk_indices=other).logits
+                - out.logits).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="needs attention_mode='sparse'"):
+        model(ids, attention_mode="dense", use_cache=False, topk_indices=sel)
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_cached_decode_matches_the_full_forward(mode):
+    model = convert_model(_source(), **INDEXER)
+    ids = torch.randint(0, 97, (2, 14), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        full = model(ids, attention_mode=mode, use_cache=False).logits
+        cache = model.new_cache(2, 4)  # grows on demand
+        steps = [model(ids[:, :5], attention_mode=mode, cache=cache).logits]
+        for t in range(5, 14):
+            steps.append(model(ids[:, t:t + 1], attention_mode=mode, cache=cache).logits)
+    assert (torch.cat(steps, 1) - full).abs().max() < 1e-5
+    assert cache.latents[0].shape[-1] == 2 * 2 * 16  # [k; v]: 2 kv heads x head_dim 16
+
+
+def test_attention_maps_and_dense_indexer_loss_match_the_source_attention():
+    """Hand check: target = HF eager attention summed over heads and L1-normalised; the dense
+    warm-up loss is the mean over layers and tokens of KL(target || softmax(index scores))."""
+    src = _source()
+    src.config._attn_implementation = "eager"
+    model = convert_model(src, **INDEXER)
+    ids = torch.randint(0, 97, (1, 10), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        att = src(ids, output_attentions=True).attentions  # per layer (B, H, T, S)
+        out = model(ids, attention_mode="dense", use_cache=False, output_attention_maps=True,
+                    output_indexer_loss=True)
+    kls = []
+    for layer, (target, scores, allowed) in enumerate(out.attention_maps):
+        p = att[layer].sum(1)
+        p = p / p.sum(-1, keepdim=True)
+        assert (p - target).abs().max() < 1e-6
+        assert torch.equal(allowed[0], torch.ones(10, 10).tril().bool())
+        kls.append(indexer_kl(scores, p, allowed).mean())
+    assert abs(out.indexer_loss.item() - torch.stack(kls).mean().item()) < 1e-6
+
+
+def test_freeze_all_but_indexer_and_indexer_input_detached():
+    model = convert_model(_source(), **INDEXER)
+    params = model.freeze_all_but_indexer()
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names and all(".self_attn.indexer." in n for n in names)
+    assert len(params) == len(names) == 2 * 5  # wq, wk, k_norm.{weight,bias}, weights_proj per layer
+    for p in model.parameters():
+        p.requires_grad_(True)
+    ids = torch.randint(0, 97, (1, 12))
+    out = model(ids, attention_mode="sparse", use_cache=False, output_indexer_loss=True)
+    out.indexer_loss.backward()  # reaches only the indexers
+    assert all((p.grad is None or p.grad.abs().max() == 0) == (".indexer." not in n)
+               for n, p in model.named_parameters() if n != "model.embed_tokens.weight")
+
+
+def test_unsupported_sources_are_refused():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    with pytest.raises(ValueError, match="cannot be converted"):
+        convert_model(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50)))
+    with pytest.raises(ValueError, match="sliding_window"):
+        convert_model(_source("qwen2", use_sliding_window=True, sliding_window=4))
+
+
+def test_sequence_forward_macs_by_hand():
+    c = DSALlamaConfig(vocab_size=10, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                       num_attention_heads=2, num_key_value_heads=1, index_n_heads=1, index_head_dim=4,
+                       index_topk=2)
+    # per token: q,o 2*8*8 = 128; k,v 2*8*4 = 64; indexer 8*4 + 8*4 + 8*1 = 72; mlp 3*8*16 = 384; head 80
+    dense = sequence_forward_macs(c, 3, "dense")
+    assert dense.linear == 3 * (128 + 64 + 72 + 384 + 80)
+    assert dense.attention == 2 * 2 * 4 * 6 and dense.indexer == 0  # H * 2D per pair, 1+2+3 pairs
+    sparse = sequence_forward_macs(c, 3, "sparse")
+    assert sparse.attention == 2 * 2 * 4 * (1 + 2 + 2)
+    assert sparse.indexer == 1 * (4 + 1) * 6

@@ -205,3 +205,35 @@ def test_rollout_worker_run_agent(tok, tasks):
                       sample_indices=[0, 1], agent_config=AgentConfig(max_turns=2))
     assert [(t.prompt_index, t.sample_index) for t in out] == [(7, 0), (7, 1)]
     assert all(t.num_turns >= 1 and t.loss_mask.any() and "env_reward" in t.info for t in out)
+
+
+@pytest.mark.slow
+def test_agent_trajectories_train_unchanged(tok, tasks):
+    """The DeepSpeed GRPO trainer takes multi-turn trajectories as they are: its recomputed
+    log-probs equal the sampler's on every policy token (ratio 1 at the first step)."""
+    from rl.config import AlgorithmConfig, DeepSpeedConfig
+    from rl.policy import DSAConfig, DSAForCausalLM
+    from rl.trainer import Trainer
+    from rollout.engine import EngineConfig, RolloutEngine
+
+    call_id = tok.convert_tokens_to_ids("<tool_call>")
+
+    def policy():
+        torch.manual_seed(0)
+        m = DSAForCausalLM(DSAConfig.from_preset("tiny", vocab_size=len(tok), index_topk=8,
+                                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+        m.lm_head.register_forward_hook(lambda mod, i, o: o.index_add(-1, torch.tensor([call_id]),
+                                                                      torch.full(o.shape[:-1] + (1,), 6.0)))
+        return m
+
+    params = SamplingParams(temperature=0.9, top_p=0.95, max_new_tokens=6)
+    eng = RolloutEngine(policy().eval(), tok, EngineConfig(record_routes=True, record_topk=True))
+    task = next(t for t in tasks if t.family == "lookup" and t.difficulty == 1)
+    trajs = run_agent(eng, [task] * 4, params, AgentConfig(max_turns=3), seed=0)
+    assert all(t.num_turns >= 2 for t in trajs)
+    algo = AlgorithmConfig(lr=1e-3, warmup_steps=0, mini_batch_size=4, micro_batch_size=2, kl_coef=0.0,
+                           keep_indexing=True)
+    trainer = Trainer(policy, algo, DeepSpeedConfig(zero_stage=0), temperature=params.temperature,
+                      pad_id=tok.pad_token_id)
+    metrics = trainer.train_step(trajs, torch.tensor([1.0, -1.0, 0.5, -0.5]))
+    assert metrics["logp_mismatch_max"] < 1e-5 and metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-5)

@@ -35,6 +35,7 @@ sampled under exactly the stored prefix are trained on.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -61,6 +62,8 @@ class AgentConfig:
     """Tool results are truncated to this many characters."""
     dropped_text: str = "[older tool output dropped]"
     """What replaces a dropped tool output."""
+    tool_workers: int = 8
+    """Environments of a round stepped concurrently (threads; 1 = one after another)."""
 
     @classmethod
     def from_env_config(cls, cfg: Any, **overrides: Any) -> AgentConfig:
@@ -162,10 +165,20 @@ def run_agent(engine: TokenEngine, tasks: Sequence[Any], params: SamplingParams,
             break
         outs = engine.generate([e.ids for e in active], params, seed=None if seed is None else seed + rnd)
         rnd += 1
+        turns = []
         for e, out in zip(active, outs):
             if out.weight_version != version:
                 raise RuntimeError(f"weights changed mid-episode (version {version} -> {out.weight_version})")
-            _absorb(e, out, tok, end_ids, cfg)
+            turns.append(_absorb(e, out, tok))
+        # Environments step concurrently (tools such as the sandbox wait on subprocesses).
+        stepping = [(e, t) for e, t in zip(active, turns) if t is not None]
+        if len(stepping) > 1 and cfg.tool_workers > 1:
+            with ThreadPoolExecutor(min(cfg.tool_workers, len(stepping))) as pool:
+                results = list(pool.map(lambda et: _step(*et), stepping))
+        else:
+            results = [_step(e, t) for e, t in stepping]
+        for (e, t), res in zip(stepping, results):
+            _append_results(e, t, res, tok, end_ids)
     return [_trajectory(e, tok, version, i, prompt_indices, sample_indices) for i, e in enumerate(eps)]
 
 
@@ -192,8 +205,9 @@ def _fit_context(e: _Episode, tok: Any, window: int, cfg: AgentConfig) -> bool:
     return len(e.ids) < window
 
 
-def _absorb(e: _Episode, out: Trajectory, tok: Any, end_ids: list[int], cfg: AgentConfig) -> None:
-    """Append one sampled turn, parse it, step the environment, append the results."""
+def _absorb(e: _Episode, out: Trajectory, tok: Any) -> Any:
+    """Append one sampled turn and parse it; returns the parsed turn when the environment must
+    be stepped, None when the episode ended (context full)."""
     ctx = len(e.ids)
     new = out.tokens[out.prompt_len:].tolist()
     e.ids += new
@@ -221,15 +235,23 @@ def _absorb(e: _Episode, out: Trajectory, tok: Any, end_ids: list[int], cfg: Age
     e.messages.append(msg)
     if out.finish_reason == "context":
         e.finish = "context"
-        return
+        return None
+    return turn
+
+
+def _step(e: _Episode, turn: Any) -> Any:
+    """The environment's answer to a turn: ``step`` its calls, or ``finish`` a text answer."""
+    return e.env.step(turn.calls) if turn.calls else e.env.finish(turn.content)
+
+
+def _append_results(e: _Episode, turn: Any, res: Any, tok: Any, end_ids: list[int]) -> None:
+    """Record the step's outcome and append its results as ``<|tool|>`` turns (loss mask False)."""
     if not turn.calls:
-        res = e.env.finish(turn.content)
         e.reward, e.answer, e.finish = res.reward, res.info.get("answer"), "stop"
         return
-    res = e.env.step(turn.calls)
     e.calls += len(turn.calls)
     e.errors += res.num_errors
-    if not new or new[-1] not in end_ids:  # cut off by max_new_tokens: close the turn
+    if e.ids[-1] not in end_ids:  # cut off by max_new_tokens: close the turn
         e.ids += end_ids
     for obs in res.observations:
         head = _enc(tok, "<|tool|>")

@@ -201,6 +201,12 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
     if not terms:
         raise StartupError("rewards.terms is empty: add a reward term (e.g. rewards=math) or an environment")
     _init_ray(cfg)
+    from rl.placement import PlacementError, place
+
+    try:
+        placement = place(cfg)
+    except PlacementError as err:
+        raise StartupError(str(err)) from err  # before the (slow) cold start
 
     tok = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
     train_rows = _rows(data["train"], tok)
@@ -218,12 +224,6 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
         m.load_state_dict(weights)
         return m
 
-    from rl.placement import PlacementError, place
-
-    try:
-        placement = place(cfg)
-    except PlacementError as err:
-        raise StartupError(str(err)) from err
     res = cfg.resources
     trainer = make_trainer(factory, num_processes=cfg.deepspeed.num_processes, cpus_per_actor=res.cpus_per_actor,
                            gpus_per_actor=res.gpus_per_trainer, actor_options=placement.trainer_options,

@@ -167,3 +167,33 @@ def test_sequence_forward_macs_by_hand():
     sparse = sequence_forward_macs(c, 3, "sparse")
     assert sparse.attention == 2 * 2 * 4 * (1 + 2 + 2)
     assert sparse.indexer == 1 * (4 + 1) * 6
+
+
+def test_rollout_engine_and_grpo_trainer_run_the_converted_policy(tmp_path):
+    """What `+experiment=math model.path=CONVERTED` needs from the policy: the rollout engine samples
+    with a DSACache and records selections; the GRPO trainer replays them (keep indexing), and its
+    recomputed log-probs equal the sampler's."""
+    from rl.config import AlgorithmConfig, DeepSpeedConfig
+    from rl.policy.tokenizer import load_tokenizer
+    from rl.trainer import Trainer
+    from rollout.engine import EngineConfig, RolloutEngine
+    from rollout.sampling import SamplingParams
+
+    tok = load_tokenizer()
+    torch.manual_seed(0)
+    src = LlamaForCausalLM(LlamaConfig(**{**SHAPE, "vocab_size": len(tok)}, eos_token_id=tok.eos_token_id)).eval()
+    src.save_pretrained(tmp_path / "src")
+    convert_pretrained(str(tmp_path / "src"), tmp_path / "dsa", **INDEXER)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "dsa").eval()
+    engine = RolloutEngine(model, tok, EngineConfig(record_topk=True))
+    prompts = [list(range(10, 22)), list(range(30, 38))]
+    trajs = engine.generate(prompts * 2, SamplingParams(max_new_tokens=8), seed=0)
+    assert all(t.topk_indices is not None and t.expert_routes is None for t in trajs)
+    algo = AlgorithmConfig(keep_indexing=True, mini_batch_size=4, micro_batch_size=4, lr=1e-4, warmup_steps=0)
+    trainer = Trainer(lambda: AutoModelForCausalLM.from_pretrained(tmp_path / "dsa"), algo, DeepSpeedConfig(),
+                      pad_id=tok.pad_token_id)
+    batch = trainer.collate(trajs, [1.0, -1.0, 0.5, -0.5])
+    lp = trainer.log_probs(batch)
+    assert ((lp - batch.old_logprobs).abs() * batch.loss_mask).max() < 1e-4
+    metrics = trainer.train_step(trajs, [1.0, -1.0, 0.5, -0.5])
+    assert metrics["num_updates"] == 1 and torch.isfinite(torch.tensor(metrics["loss"]))

@@ -438,6 +438,29 @@ def sequence_forward_macs(config: DSALlamaConfig, seq_len: int, mode: str = "spa
     return ForwardCost(linear=linear, attention=c.num_hidden_layers * H * 2 * D * pairs, indexer=indexer)
 
 
+def policy_config(config: Any) -> Any:
+    """A policy config from a config object or its ``to_dict()`` (dispatch on ``model_type``:
+    "dsa" -> DSAConfig, "dsa_llama" -> DSALlamaConfig). For code that ships configs as dicts."""
+    if not isinstance(config, dict):
+        return config
+    d = {k: v for k, v in config.items() if k != "model_type"}
+    return AutoConfig.for_model(config.get("model_type", "dsa"), **d)
+
+
+def build_policy(config: Any) -> nn.Module:
+    """A randomly initialised policy of the class registered for ``config`` (a config or its dict)."""
+    return AutoModelForCausalLM.from_config(policy_config(config))
+
+
+def policy_sequence_macs(config: Any, seq_len: int, mode: str = "sparse") -> ForwardCost:
+    """`rl.policy.flops.sequence_forward_macs` for a native DSA config, this module's for dsa_llama."""
+    if getattr(config, "model_type", None) == DSALlamaConfig.model_type:
+        return sequence_forward_macs(config, seq_len, mode)
+    from rl.policy import flops
+
+    return flops.sequence_forward_macs(config, seq_len, mode)
+
+
 def copy_tokenizer_files(src: str | Path, dst: str | Path) -> None:
     """Copy tokenizer files (if any) from a local model directory to another."""
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):

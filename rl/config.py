@@ -239,6 +239,9 @@ class EnvConfig:
     ``pass_k`` tries (V3.2: pass@100 > 0); 0 = off."""
     max_result_chars: int = _f(2000, ge=1)
     """Tool results are truncated to this many characters."""
+    tool_schema: str = _f("openai", choices=("openai", "compact"))
+    """Tools in the prompt: full OpenAI function schemas, or ``compact`` (names and argument types:
+    about half the prompt tokens, for small models on short contexts)."""
 
 
 @dataclass

@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 import torch
 
-from envs.base import parse_turn
+from envs.base import compact_tools, parse_turn
 from rollout.sampling import SamplingParams
 from rollout.types import Trajectory
 
@@ -62,14 +62,19 @@ class AgentConfig:
     """Tool results are truncated to this many characters."""
     dropped_text: str = "[older tool output dropped]"
     """What replaces a dropped tool output."""
+    tool_schema: str = "openai"
+    """Tools in the prompt: ``openai`` (full function-calling schemas) or ``compact`` (names and
+    argument types only, ``envs.base.compact_tools``: far shorter prompts for small models)."""
     tool_workers: int = 8
     """Environments of a round stepped concurrently (threads; 1 = one after another)."""
 
     @classmethod
     def from_env_config(cls, cfg: Any, **overrides: Any) -> AgentConfig:
-        """From ``rl.config.EnvConfig`` (max_turns, context_fraction, tool_timeout_s)."""
+        """From ``rl.config.EnvConfig`` (max_turns, context_fraction, tool_timeout_s, max_result_chars,
+        tool_schema)."""
         kw = {"max_turns": cfg.max_turns, "context_fraction": cfg.context_fraction,
-              "tool_timeout_s": cfg.tool_timeout_s}
+              "tool_timeout_s": cfg.tool_timeout_s, "max_result_chars": cfg.max_result_chars,
+              "tool_schema": cfg.tool_schema}
         return cls(**{**kw, **overrides})
 
 
@@ -140,6 +145,8 @@ def run_agent(engine: TokenEngine, tasks: Sequence[Any], params: SamplingParams,
     if make_env is None:
         from envs.registry import make_env
     cfg = config or AgentConfig()
+    if cfg.tool_schema not in ("openai", "compact"):
+        raise ValueError(f"tool_schema={cfg.tool_schema!r}: allowed 'openai', 'compact'")
     tok = engine.tokenizer
     window = _window(engine, cfg)
     end_ids = _enc(tok, tok.eos_token)
@@ -147,7 +154,8 @@ def run_agent(engine: TokenEngine, tasks: Sequence[Any], params: SamplingParams,
     for task in tasks:
         env = make_env(task, timeout_s=cfg.tool_timeout_s, max_result_chars=cfg.max_result_chars)
         obs = env.reset(task)
-        text = tok.apply_chat_template(obs.messages, tools=obs.tools, tokenize=False, add_generation_prompt=True)
+        tools = compact_tools(obs.tools) if cfg.tool_schema == "compact" else obs.tools
+        text = tok.apply_chat_template(obs.messages, tools=tools, tokenize=False, add_generation_prompt=True)
         ids = _enc(tok, text)
         eps.append(_Episode(env, task, ids, len(ids), [False] * len(ids), [0.0] * len(ids),
                             messages=list(obs.messages)))

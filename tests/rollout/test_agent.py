@@ -237,3 +237,22 @@ def test_agent_trajectories_train_unchanged(tok, tasks):
                       pad_id=tok.pad_token_id)
     metrics = trainer.train_step(trajs, torch.tensor([1.0, -1.0, 0.5, -0.5]))
     assert metrics["logp_mismatch_max"] < 1e-5 and metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_compact_tool_schema_shortens_prompts(tok, tasks):
+    sel = [t for t in tasks if t.family == "trip"][:4]
+    full = run_agent(ScriptedEngine(tok, reference_policy(sel)), sel, PARAMS, AgentConfig(max_turns=16))
+    short = run_agent(ScriptedEngine(tok, reference_policy(sel)), sel, PARAMS,
+                      AgentConfig(max_turns=16, tool_schema="compact"))
+    assert all(s.info["env_reward"] == 1.0 for s in short)
+    assert all(s.prompt_len < 0.5 * f.prompt_len for s, f in zip(short, full))
+    assert '{"name": "get_hotels", "arguments": {"city": "string"}}' in tok.decode(short[0].tokens[: short[0].prompt_len])
+    with pytest.raises(ValueError, match="tool_schema"):
+        run_agent(ScriptedEngine(tok, reference_policy(sel)), sel, PARAMS, AgentConfig(tool_schema="xml"))
+
+
+def test_agent_config_from_env_config():
+    from rl.config import EnvConfig
+
+    cfg = AgentConfig.from_env_config(EnvConfig(name="synth", max_turns=3, tool_schema="compact"), tool_workers=2)
+    assert (cfg.max_turns, cfg.context_fraction, cfg.tool_schema, cfg.tool_workers) == (3, 0.8, "compact", 2)

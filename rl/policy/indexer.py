@@ -57,22 +57,44 @@ def select_topk(scores: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Te
     scores: (B, T, S) index scores; allowed: (B, T, S) bool (causal, not padding); k >= 1.
     Returns LongTensor (B, T, k): the selected positions of each query, ascending, then -1 padding
     (a row has min(k, allowed.sum()) real entries). Deterministic for any input.
+
+    One `topk` gives the k-th largest value v and a candidate set. The set is already exact unless
+    some score == v was left out (a tie across the boundary, which `topk` breaks arbitrarily): only
+    then is the exact rule (everything > v, then the lowest-index scores == v) applied. Positions
+    are put in ascending order by sorting the k chosen indices (not another pass over S).
     """
     B, T, S = scores.shape
     k_eff = min(k, S)
     masked = scores.float().masked_fill(~allowed, float("-inf"))
-    threshold = masked.topk(k_eff, dim=-1).values[..., -1:]  # (B, T, 1): the k-th largest value
-    above = masked > threshold
-    at = masked == threshold
-    need = k_eff - above.sum(-1, keepdim=True)
-    chosen = (above | (at & (at.cumsum(-1) <= need))) & allowed  # (B, T, S)
-    # Turn the mask into ascending positions: the largest key (S - s) is the smallest s.
-    rank_key = torch.where(chosen, S - torch.arange(S, device=scores.device), 0)
-    key_vals, idx = rank_key.topk(k_eff, dim=-1)
-    idx = torch.where(key_vals > 0, idx, -1)
+    vals, idx = masked.topk(k_eff, dim=-1)  # (B, T, k_eff), values descending
+    threshold = vals[..., -1:]  # (B, T, 1): the k-th largest value
+    # A row is ambiguous iff its threshold is a real score tied with an entry topk left out.
+    left_out_ties = (masked == threshold).sum(-1, keepdim=True) > (vals == threshold).sum(-1, keepdim=True)
+    if bool((left_out_ties & (threshold > float("-inf"))).any()):
+        return _select_exact(masked, threshold, allowed, k)
+    idx = torch.where(vals > float("-inf"), idx, S)  # not allowed -> S: sorts last, becomes -1
+    idx = idx.sort(dim=-1).values
+    idx = torch.where(idx < S, idx, -1)
     if k_eff < k:
         idx = torch.cat([idx, idx.new_full((B, T, k - k_eff), -1)], dim=-1)
     return idx
+
+
+def _select_exact(masked: torch.Tensor, threshold: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Tensor:
+    """The tie-exact selection over all S keys (see `select_topk`); masked (B, T, S) with -inf
+    outside `allowed`, threshold (B, T, 1) the k-th largest value. Returns (B, T, k) as select_topk."""
+    B, T, S = masked.shape
+    k_eff = min(k, S)
+    above = masked > threshold
+    at = masked == threshold
+    need = k_eff - above.sum(-1, keepdim=True)
+    chosen = (above | (at & (at.cumsum(-1) <= need))) & allowed  # (B, T, S), <= k_eff per row
+    # Scatter each chosen position to its rank among the chosen (ascending); the rest to a spare column.
+    slot = torch.where(chosen, chosen.cumsum(-1) - 1, k)
+    pos = torch.arange(S, device=masked.device).expand(B, T, S)
+    out = torch.full((B, T, k + 1), -1, dtype=torch.long, device=masked.device)
+    out.scatter_(-1, slot, torch.where(chosen, pos, -1))
+    return out[..., :k]
 
 
 def indices_to_mask(idx: torch.Tensor, num_keys: int) -> torch.Tensor:

@@ -8,18 +8,25 @@ Projections (per token h, shapes for one token):
     W_kvb = [W_UK; W_UV] per head                (H, dn + dv, kv_lora)
     score_h(t, s) = (q_nope_h . W_UK_h c_s + q_rope_h . k_rope_s) / sqrt(dn + dr)
 
-Three attention paths, all over keys `allowed` = causal & not padding (a query always sees itself,
-so rows of padding queries are never empty):
-- dense (`attention_mode="dense"`): classic MLA, K and V decompressed per head from the latents.
-  The test oracle and the mode of the dense indexer warm-up.
-- sparse, masked: MQA/absorbed form (q_abs_h = W_UK_h^T q_nope_h, attention against the latent
-  entries, W_UV applied after), logits of unselected keys set to -inf. Used when every key fits in
-  k (then it is exactly dense causal attention and the indexer is skipped unless its output or loss
-  is asked for) and for long multi-token prefill chunks where gathering k latents per query would
-  cost more memory than the score matrix.
-- sparse, gathered: absorbed form over the k gathered latent entries of each query: one gather of
-  [c_kv; k_rope] serves every head. Decode and short chunks.
-The path is a function of shapes only, so replaying a selection runs the same arithmetic.
+Sparse mode has three paths over keys `allowed & selected` (`allowed` = causal & not padding; a
+query always sees itself, so rows of padding queries are never empty), chosen by `attention_path`
+from shapes only, so replaying a selection runs the same arithmetic:
+- "gather" (decode, short chunks): MQA/absorbed form (q_abs_h = W_UK_h^T q_nope_h) over the k
+  gathered latent entries of each query: one gather of [c_kv; k_rope] serves every head, W_UV applied
+  after attending.
+- "absorbed": the same absorbed form over all S latents, logits of unselected keys -inf. Used when
+  every key fits in k (then it is exactly dense causal attention and the indexer is skipped unless
+  its output or loss is asked for) and when k per query is a large part of S.
+- "expanded" (training / prefill chunks of many queries): K and V decompressed per head once per
+  call (classic MLA, as dense mode), logits of unselected keys -inf. Per-head scores over
+  dn + dr dims instead of kv_lora + dr: cheaper once a chunk has more queries than ~kv_lora.
+Dense mode (`attention_mode="dense"`) is classic MLA over all allowed keys: the test oracle and the
+mode of the dense indexer warm-up.
+
+ZeRO-3: every weight is used through a module call (the up-projection `kv_b` is a
+`KVUpProjection`, an `nn.Linear` whose forward also applies its absorbed forms), and submodules
+return tensors or tuples of tensors, so ZeRO-3's per-module hooks gather and release every
+parameter in forward and backward without help.
 
 Memory bound of one layer's prefill: queries are processed in chunks of C = attention_chunk_size
 rows; per chunk the largest tensors are the indexer logits (B, C, H_I, S) fp32 and the attention
@@ -30,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rl.policy.cache import DSACache
@@ -59,23 +67,83 @@ class AttentionContext:
     """Compute the indexer KL loss (dense mode: warm-up loss over all keys; sparse: over the selection)."""
 
 
-@dataclass
-class AttentionOutput:
-    hidden: torch.Tensor
-    """(B, T, d) attention output after W_o."""
-    topk_indices: torch.Tensor | None
-    """(B, T, index_topk) long, ascending positions, -1 padded; sparse mode only."""
-    indexer_kl_sum: torch.Tensor | None
-    """Scalar: sum over non-padding queries of the per-query indexer KL."""
+PATHS = ("gather", "absorbed", "expanded")
 
 
-def use_gather_path(num_keys: int, k: int, n_heads: int) -> bool:
-    """True when gathering k latents per query beats scoring all S keys: a rule on shapes only.
+GATHER_MAX_QUERIES = 16
+"""Calls with more query rows than this never take the gather path (see `attention_path`)."""
 
-    Multiply-adds per query: gathered ~ k * (H + 1) latent widths, masked ~ H * S. So gather iff
-    k * (H + 1) < H * S, i.e. essentially whenever k < S.
+
+def attention_path(
+    num_queries: int, num_keys: int, k: int, n_heads: int, kv_lora: int, dn: int, dv: int, chunk: int
+) -> str:
+    """Sparse-attention path of a call with `num_queries` query rows over `num_keys` keys, k selected
+    per query (MLA dims kv_lora, dn, dv; query chunk `chunk`): a rule on shapes only (see the module
+    docstring), the same for every query chunk of the call.
+
+    - every key fits in k: "absorbed" (no gather, no selection mask needed);
+    - "expanded" when decompressing K/V once for the call costs less than the absorbed form's extra
+      per-(query, key) width: T (2 kv_lora - dn - dv) > (dn + dv) kv_lora, and dn + dv <= the chunk
+      rows (so the decompressed (B, S, H, dn + dv) stays within the O(B H C S) bound of the scores);
+    - up to GATHER_MAX_QUERIES rows (decode): "gather" when k (H + 1) < H S (the multiply-adds of
+      the gathered rows plus their copy, against scoring all S keys), else "absorbed".
+    Measured on CPU, tiny preset (1 thread): decode, B = 64, S 33..160, k = 32: gather 4564 tok/s,
+    absorbed 3843. Training fwd + bwd of 16 x T tokens (tok/s, gather / absorbed / expanded):
+    T = 48: 3584 / 4651 / 4837; T = 192: 3308 / 3843 / 3980 (small batched GEMMs and the gather's
+    scatter-add backward make "gather" the slowest in training although it has the fewest MACs).
     """
-    return k * (n_heads + 1) < n_heads * num_keys
+    if num_keys <= k:
+        return "absorbed"
+    if num_queries * (2 * kv_lora - dn - dv) > (dn + dv) * kv_lora and dn + dv <= min(num_queries, chunk):
+        return "expanded"
+    if num_queries <= GATHER_MAX_QUERIES and k * (n_heads + 1) < n_heads * num_keys:
+        return "gather"
+    return "absorbed"
+
+
+class KVUpProjection(nn.Linear):
+    """MLA's up-projection W_kvb = [W_UK; W_UV] per head: weight (H * (dn + dv), kv_lora), no bias.
+
+    `forward(x, form)` applies it in one of three forms, so the weight is only ever read inside
+    this module's own call (what ZeRO-3's hooks gather):
+    - "latents": x (..., kv_lora) -> (..., H * (dn + dv)), the plain linear (K/V decompression);
+    - "absorb_query": x = q_nope (B, T, H, dn) -> W_UK_h^T q_nope_h (B, T, H, kv_lora);
+    - "expand_values": x = o_lat (B, C, H, kv_lora) -> W_UV_h o_lat_h (B, C, H, dv).
+    """
+
+    def __init__(self, kv_lora: int, n_heads: int, dn: int, dv: int) -> None:
+        super().__init__(kv_lora, n_heads * (dn + dv), bias=False)
+        self.n_heads, self.dn, self.dv, self.kv_lora = n_heads, dn, dv, kv_lora
+
+    def forward(self, x: torch.Tensor, form: str = "latents") -> torch.Tensor:
+        if form == "latents":
+            return F.linear(x, self.weight)
+        H, dn, dv, c = self.n_heads, self.dn, self.dv, self.kv_lora
+        w = self.weight.view(H, dn + dv, c)  # (H, dn+dv, kv_lora)
+        B, T = x.shape[:2]
+        if form == "absorb_query":
+            q = x.permute(2, 0, 1, 3).reshape(H, B * T, dn)  # (H, B*T, dn)
+            return torch.bmm(q, w[:, :dn]).view(H, B, T, c).permute(1, 2, 0, 3)
+        if form == "expand_values":
+            o = x.permute(2, 0, 1, 3).reshape(H, B * T, c)  # (H, B*C, kv_lora)
+            return torch.bmm(o, w[:, dn:].transpose(1, 2)).view(H, B, T, dv).permute(1, 2, 0, 3)
+        raise ValueError(f"form={form!r}: allowed 'latents', 'absorb_query', 'expand_values'")
+
+
+def gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows of x (B, S, D) at positions idx (B, C, k) in [0, S) -> (B, C, k, D), one flat
+    `index_select` (no advanced indexing). x may be a slice [:, :S] of a larger (B, capacity, D)
+    buffer (a cache): the rows are then addressed through the buffer's own strides, without a copy."""
+    B, S, D = x.shape
+    C, k = idx.shape[1:]
+    if B > 1 and x.stride(2) == 1 and x.stride(1) == D and x.stride(0) % D == 0 and not x.requires_grad:
+        rows = x.stride(0) // D  # rows between two batch entries (capacity for a cache slice)
+        flat = x.as_strided(((B - 1) * rows + S, D), (D, 1))  # (rows of every batch entry, D)
+    else:
+        rows = S
+        flat = x.reshape(B * S, D)  # a view when x is contiguous
+    offset = torch.arange(B, device=idx.device).view(B, 1, 1) * rows
+    return flat.index_select(0, (idx + offset).view(-1)).view(B, C, k, D)
 
 
 class MLAttention(nn.Module):
@@ -95,15 +163,11 @@ class MLAttention(nn.Module):
         self.q_b = nn.Linear(config.q_lora_rank, self.n_heads * (self.dn + self.dr), bias=False)
         self.kv_a = nn.Linear(config.hidden_size, self.kv_lora + self.dr, bias=False)
         self.kv_norm = RMSNorm(self.kv_lora, config.rms_norm_eps)
-        self.kv_b = nn.Linear(self.kv_lora, self.n_heads * (self.dn + self.dv), bias=False)
+        self.kv_b = KVUpProjection(self.kv_lora, self.n_heads, self.dn, self.dv)
         self.o = nn.Linear(self.n_heads * self.dv, config.hidden_size, bias=False)
         self.indexer = LightningIndexer(config)
 
     # ---- pieces ---------------------------------------------------------------------------------
-    def _uk_uv(self) -> tuple[torch.Tensor, torch.Tensor]:
-        w = self.kv_b.weight.view(self.n_heads, self.dn + self.dv, self.kv_lora)  # (H, dn+dv, kv_lora)
-        return w[:, : self.dn], w[:, self.dn:]  # (H, dn, kv_lora), (H, dv, kv_lora)
-
     def _allowed(self, ctx: AttentionContext, q0: int, q1: int) -> torch.Tensor:
         """(B, q1-q0, S) bool: key s visible to query slot start+i (causal, not padding, or itself)."""
         S = ctx.key_valid.shape[1]
@@ -112,20 +176,6 @@ class MLAttention(nn.Module):
         causal = key_pos[None, :] <= q_pos[:, None]  # (C, S)
         is_self = key_pos[None, :] == q_pos[:, None]
         return causal & (ctx.key_valid[:, None, :] | is_self)
-
-    def _absorb_query(self, q_nope: torch.Tensor) -> torch.Tensor:
-        """(B, T, H, dn) -> q_abs (B, T, H, kv_lora) = W_UK_h^T q_nope_h (bmm on strided weight views)."""
-        B, T, H, _ = q_nope.shape
-        w_uk, _ = self._uk_uv()
-        q = q_nope.permute(2, 0, 1, 3).reshape(H, B * T, self.dn)  # (H, B*T, dn)
-        return torch.bmm(q, w_uk).view(H, B, T, self.kv_lora).permute(1, 2, 0, 3)
-
-    def _expand_values(self, o_lat: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, kv_lora) -> (B, C, H, dv): apply W_UV_h after attending over latents."""
-        B, C, H, _ = o_lat.shape
-        _, w_uv = self._uk_uv()
-        o = o_lat.permute(2, 0, 1, 3).reshape(H, B * C, self.kv_lora)  # (H, B*C, kv_lora)
-        return torch.bmm(o, w_uv.transpose(1, 2)).view(H, B, C, self.dv).permute(1, 2, 0, 3)
 
     def project(self, h: torch.Tensor, ctx: AttentionContext) -> dict[str, torch.Tensor]:
         """Per-token projections of h (B, T, d): query latent, RoPE'd queries, the new cache entries,
@@ -143,8 +193,6 @@ class MLAttention(nn.Module):
             "entry": torch.cat([self.kv_norm(c_kv), apply_rope(k_rope, cos, sin)], dim=-1),  # (B, T, kv_lora+dr)
             "index_k": self.indexer.keys(h, *ctx.index_rope),  # (B, T, d_I)
         }
-        if ctx.mode == "sparse":  # absorbed query [W_UK^T q_nope; q_rope]: (B, T, H, kv_lora+dr)
-            p["q_cat"] = torch.cat([self._absorb_query(q_nope), p["q_rope"]], dim=-1)
         if ctx.mode == "sparse" or ctx.want_indexer_loss:
             p["index_q"] = self.indexer.queries(q_latent, *ctx.index_rope)  # (B, T, H_I, d_I) fp32
             p["index_w"] = self.indexer.head_weights(h)  # (B, T, H_I) fp32
@@ -156,8 +204,15 @@ class MLAttention(nn.Module):
         ctx: AttentionContext,
         cache: DSACache | None,
         topk_indices: torch.Tensor | None = None,
-    ) -> AttentionOutput:
-        """h: (B, T, d). topk_indices: optional (B, T, index_topk) selection to enforce (replay)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """h: (B, T, d). topk_indices: optional (B, T, index_topk) selection to enforce (replay).
+
+        Returns a tuple (ZeRO-3's hooks see through tuples, not dataclasses):
+        - hidden (B, T, d): attention output after W_o;
+        - topk_indices (B, T, index_topk) long, ascending positions, -1 padded (sparse mode and
+          ctx.want_topk only, else None);
+        - indexer KL sum: scalar, sum over non-padding queries of the per-query indexer KL
+          (ctx.want_indexer_loss only, else None)."""
         if ctx.mode == "dense" and topk_indices is not None:
             raise ValueError("topk_indices (selection replay) needs attention_mode='sparse'")
         p = self.project(h, ctx)
@@ -166,7 +221,7 @@ class MLAttention(nn.Module):
         else:
             latents, keys_i = p["entry"], p["index_k"]
         out, topk, kl_sum = self.attend(p, latents, keys_i, ctx, topk_indices)
-        return AttentionOutput(self.o(out), topk, kl_sum)
+        return self.o(out), topk, kl_sum
 
     def attend(
         self,
@@ -186,12 +241,13 @@ class MLAttention(nn.Module):
         run_indexer = need_selection or ctx.want_indexer_loss
         if run_indexer:
             index_q, index_w, keys_f = p["index_q"], p["index_w"], keys_i.float()
-        if ctx.mode == "dense":
-            w_uk, w_uv = self._uk_uv()
-            k_nope = torch.einsum("bsc,hnc->bshn", latents[..., : self.kv_lora], w_uk)  # (B, S, H, dn)
-            values = torch.einsum("bsc,hvc->bshv", latents[..., : self.kv_lora], w_uv)  # (B, S, H, dv)
-        else:
-            q_cat = p["q_cat"]
+        path = "expanded" if ctx.mode == "dense" else attention_path(
+            T, S, self.topk, H, self.kv_lora, self.dn, self.dv, self.chunk)
+        if path == "expanded":  # K/V decompressed per head once: (B, S, H, dn), (B, S, H, dv)
+            kv = self.kv_b(latents[..., : self.kv_lora]).view(B, S, H, self.dn + self.dv)
+            k_nope, values = kv.split([self.dn, self.dv], dim=-1)
+        else:  # absorbed query [W_UK^T q_nope; q_rope]: (B, T, H, kv_lora+dr)
+            q_cat = torch.cat([self.kv_b(q_nope, "absorb_query"), q_rope], dim=-1)
 
         outs, sels = [], []
         kl_sum = h.new_zeros((), dtype=torch.float32) if ctx.want_indexer_loss else None
@@ -199,38 +255,37 @@ class MLAttention(nn.Module):
             q1 = min(T, q0 + self.chunk)
             allowed = self._allowed(ctx, q0, q1)  # (B, C, S)
             scores_i = index_scores(index_q[:, q0:q1], keys_f, index_w[:, q0:q1]) if run_indexer else None
-            if ctx.mode == "dense":
-                o, probs = self._dense(q_nope[:, q0:q1], q_rope[:, q0:q1], k_nope, latents, values, allowed)
-                if kl_sum is not None:
-                    kl_sum = kl_sum + self._kl(scores_i, probs, 1, allowed, ctx, q0)
-                outs.append(o)
-                continue
-            if topk_indices is not None:
-                sel = topk_indices[:, q0:q1]
-            elif need_selection:
-                sel = select_topk(scores_i, allowed, self.topk)  # (B, C, k)
-            else:
-                sel = None
-            if sel is not None and ctx.want_topk:
-                sels.append(sel)
-            if use_gather_path(S, self.topk, H):
+            sel = None
+            if ctx.mode == "sparse":
+                if topk_indices is not None:
+                    sel = topk_indices[:, q0:q1]
+                elif need_selection:
+                    sel = select_topk(scores_i, allowed, self.topk)  # (B, C, k)
+                if sel is not None and ctx.want_topk:
+                    sels.append(sel)
+            if path == "gather":
                 o_lat, probs, support = self._gathered(q_cat[:, q0:q1], latents, sel)
                 if kl_sum is not None:
                     scores_sel = scores_i.gather(-1, sel.clamp(min=0))  # (B, C, k)
                     kl_sum = kl_sum + self._kl(scores_sel, probs, 2, support, ctx, q0)
+                outs.append(self.kv_b(o_lat, "expand_values"))  # (B, C, H, dv)
+                continue
+            mask = allowed if sel is None else allowed & indices_to_mask(sel, S)  # (B, C, S)
+            if path == "expanded":
+                o, probs = self._dense(q_nope[:, q0:q1], q_rope[:, q0:q1], k_nope, latents, values, mask)
             else:
-                mask = allowed if sel is None else allowed & indices_to_mask(sel, S)
                 o_lat, probs = self._masked(q_cat[:, q0:q1], latents, mask)
-                if kl_sum is not None:
-                    kl_sum = kl_sum + self._kl(scores_i, probs, 1, mask, ctx, q0)
-            outs.append(self._expand_values(o_lat))  # (B, C, H, dv)
+                o = self.kv_b(o_lat, "expand_values")  # (B, C, H, dv)
+            if kl_sum is not None:
+                kl_sum = kl_sum + self._kl(scores_i, probs, 1, mask, ctx, q0)
+            outs.append(o)
         out = torch.cat(outs, dim=1).reshape(B, T, H * self.dv)
         topk = torch.cat(sels, dim=1) if sels else None
         return out, topk, kl_sum
 
     # ---- attention cores ------------------------------------------------------------------------
     def _dense(self, q_nope, q_rope, k_nope, latents, values, allowed):
-        """Non-absorbed MLA over allowed keys. Returns out (B, C, H, dv), probs (B, H, C, S)."""
+        """Non-absorbed MLA over allowed keys (B, C, S). Returns out (B, C, H, dv), probs (B, H, C, S)."""
         k_rope = latents[..., self.kv_lora:]  # (B, S, dr)
         scores = torch.einsum("bthn,bshn->bhts", q_nope, k_nope)
         scores = scores + torch.einsum("bthr,bsr->bhts", q_rope, k_rope)
@@ -255,8 +310,7 @@ class MLAttention(nn.Module):
         B, C, H, D = q_cat.shape
         k = sel.shape[-1]
         support = sel >= 0
-        rows = torch.arange(B, device=sel.device).view(B, 1, 1)
-        picked = latents[rows, sel.clamp(min=0)].view(B * C, k, D)  # (B*C, k, D): whole rows copied
+        picked = gather_rows(latents, sel.clamp(min=0)).view(B * C, k, D)  # (B*C, k, D)
         q = (q_cat * self.scale).reshape(B * C, H, D)
         scores = torch.bmm(q, picked.transpose(1, 2))  # (B*C, H, k)
         scores = scores.view(B, C, H, k).masked_fill_(~support[:, :, None], float("-inf"))

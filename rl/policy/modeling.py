@@ -70,13 +70,14 @@ class DSADecoderLayer(nn.Module):
         self.ffn = MoE(config) if self.is_moe else SwiGLU(config.hidden_size, config.intermediate_size)
 
     def forward(self, h, ctx, cache, topk_indices=None, routes=None):
-        a = self.attn(self.attn_norm(h), ctx, cache, topk_indices)
-        h = h + a.hidden
+        """Returns a tuple (h (B, T, d), selection | None, indexer KL sum | None, routes | None)."""
+        a, sel, kl_sum = self.attn(self.attn_norm(h), ctx, cache, topk_indices)
+        h = h + a
         if self.is_moe:
             f, routes = self.ffn(self.ffn_norm(h), routes)
         else:
             f, routes = self.ffn(self.ffn_norm(h)), None
-        return h + f, a, routes
+        return h + f, sel, kl_sum, routes
 
 
 class DSAPreTrainedModel(PreTrainedModel):
@@ -198,14 +199,14 @@ class DSAForCausalLM(DSAPreTrainedModel, GenerationMixin):
             given_routes = None
             if layer.is_moe and expert_routes is not None:
                 given_routes = expert_routes[moe_i]
-            h, a, routes = layer(h, ctx, cache, given, given_routes)
+            h, sel, kl_sum, routes = layer(h, ctx, cache, given, given_routes)
             if layer.is_moe:
                 moe_i += 1
                 routes_out.append(routes)
-            if a.topk_indices is not None:
-                sels.append(a.topk_indices)
-            if a.indexer_kl_sum is not None:
-                kl_terms.append(a.indexer_kl_sum)
+            if sel is not None:
+                sels.append(sel)
+            if kl_sum is not None:
+                kl_terms.append(kl_sum)
             if all_hidden is not None:
                 all_hidden.append(h)
         if cache is not None:

@@ -80,3 +80,16 @@ def test_rope_only_on_first_half_of_indexer_dims(make_config) -> None:
     k1 = ix.keys(h, torch.full_like(zero, 0.3), torch.full_like(zero, 0.95))
     torch.testing.assert_close(k0[..., half:], k1[..., half:])
     assert (k0[..., :half] - k1[..., :half]).abs().max() > 1e-3
+
+
+def test_select_topk_continuous_scores_match_brute_force() -> None:
+    """Without ties (the one-topk fast path) the selection is the brute-force top-k."""
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randn(2, 9, 40, generator=g)
+    allowed = torch.rand(2, 9, 40, generator=g) > 0.2
+    for k in (1, 5, 33, 40, 50):
+        got = select_topk(scores, allowed, k)
+        for b in range(2):
+            for t in range(9):
+                want = brute_topk(scores[b, t].tolist(), allowed[b, t].tolist(), k)
+                assert got[b, t].tolist() == want + [-1] * (k - len(want))

@@ -92,10 +92,10 @@ def _attention_and_index_scores(model, x):
         for attn, h, ctx in captured:
             T = h.shape[1]
             p = attn.project(h, ctx)
-            w_uk, w_uv = attn._uk_uv()
             lat = p["entry"]
-            k_nope = torch.einsum("bsc,hnc->bshn", lat[..., : attn.kv_lora], w_uk)
-            values = torch.einsum("bsc,hvc->bshv", lat[..., : attn.kv_lora], w_uv)
+            w = attn.kv_b.weight.view(attn.n_heads, attn.dn + attn.dv, attn.kv_lora)  # (H, dn+dv, kv_lora)
+            k_nope = torch.einsum("bsc,hnc->bshn", lat[..., : attn.kv_lora], w[:, : attn.dn])
+            values = torch.einsum("bsc,hvc->bshv", lat[..., : attn.kv_lora], w[:, attn.dn:])
             allowed = attn._allowed(ctx, 0, T)
             _, probs = attn._dense(p["q_nope"], p["q_rope"], k_nope, lat, values, allowed)
             target = probs.sum(1)

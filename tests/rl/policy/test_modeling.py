@@ -132,7 +132,8 @@ def test_query_chunking_does_not_change_results(make_model) -> None:
     x = tokens(2, 20)
     a = make_model()(x, output_topk_indices=True, use_cache=False)
     b = make_model(attention_chunk_size=3)(x, output_topk_indices=True, use_cache=False)
-    torch.testing.assert_close(a.logits, b.logits, atol=1e-6, rtol=0)
+    # 20 queries take the "expanded" path, whose per-chunk GEMMs round differently (~2e-6).
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=0)
     assert all(torch.equal(s, t) for s, t in zip(a.topk_indices, b.topk_indices, strict=True))
 
 

@@ -277,7 +277,9 @@ def _append_results(e: _Episode, turn: Any, res: Any, tok: Any, end_ids: list[in
 
 
 def _trajectory(e: _Episode, tok: Any, version: int, i: int, prompt_indices, sample_indices) -> Trajectory:
-    n = e.covered  # ends at the last sampled token; later environment text trains nothing
+    # Ends at the last sampled token (later environment text trains nothing); an episode that
+    # never sampled (prompt over the window) is its prompt, as the engine's empty continuation.
+    n = e.covered or e.prompt_len
     tokens = torch.tensor(e.ids[:n], dtype=torch.long)
     traj = Trajectory(
         tokens=tokens, prompt_len=min(e.prompt_len, n),

@@ -153,6 +153,7 @@ def test_context_management_drops_oldest_tool_outputs(tok, tasks):
     (short,) = run_agent(ScriptedEngine(tok, reference_policy([task]), max_seq_len=50), [task], PARAMS,
                          AgentConfig(context_window=50))
     assert short.finish_reason == "context" and short.num_sampled == 0
+    assert short.prompt_len == len(short.tokens) == full.prompt_len
 
 
 def test_demonstrations_and_solver(tok, tasks):

@@ -10,8 +10,8 @@ submitted: the config values, the Ray address (``ray_job``), the partition and t
   repository as the working directory (without ``.venv``, ``outputs``, ``wandb``, ``.git``) and sets
   ``cluster.env`` plus a few forwarded variables (:data:`FORWARD_ENV`). Inside the job,
   ``rl.train`` joins the job's cluster (``rl.setup._init_ray``: plain ``RAY_ADDRESS`` from Ray).
-* ``cluster=slurm``: renders an sbatch script (:func:`rl.slurm_script.render_sbatch`), saves it
-  beside the manifest and submits it with ``sbatch`` (or prints it with ``--dry-run``).
+* ``cluster=slurm``: renders an sbatch script (:func:`render_sbatch`, from ``rl/templates/sbatch.sh``),
+  saves it beside the manifest and submits it with ``sbatch`` (or prints it with ``--dry-run``).
 
 Every submission writes ``manifest.json`` (:mod:`rl.manifest`) into the run directory
 (``outputs/<experiment>/<timestamp>``, absolute; or the ``hydra.run.dir=`` override), which is also

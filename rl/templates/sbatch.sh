@@ -21,7 +21,8 @@ cpus="${SLURM_CPUS_ON_NODE:-1}"
 head_args=(@HEAD_ARGS@)
 worker_args=(@WORKER_ARGS@)
 pids=()
-stop_ray() {  # SIGTERM to each `ray start --block` (through srun) stops that node's Ray processes
+stop_ray() {  # SIGTERM to each srun cancels its step: `ray start --block` stops that node's Ray processes
+  # (srun then reports the task as "Killed": expected)
   if [ ${#pids[@]} -gt 0 ]; then kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; fi
   pids=()
 }

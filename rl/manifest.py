@@ -8,13 +8,17 @@ the git commit and whether the working tree had uncommitted changes, the version
 packages, the cluster target and the scheduler's job id. ``python -m rl.submit --from-manifest
 PATH`` re-submits the same overrides to a fresh run directory.
 
-Not a lock file: package versions are recorded, not enforced.
+Not a lock file: package versions are recorded, not enforced. Values of ``cluster.env`` entries
+whose names look secret (``*KEY*``, ``*TOKEN*``, ``*SECRET*``, ``*PASSWORD*``) are written as
+``<redacted>``; a re-submission leaves those overrides out (set them again, or export them).
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import platform
+import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -27,6 +31,24 @@ SCHEMA_VERSION = 1
 KEY_PACKAGES = ("dsa-rl", "torch", "deepspeed", "ray", "transformers", "datasets", "tokenizers",
                 "hydra-core", "omegaconf", "math-verify", "wandb", "accelerate")
 """Distributions whose versions a manifest records (missing ones are recorded as ``None``)."""
+REDACTED = "<redacted>"
+_SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
+
+
+def redact_overrides(overrides: list[str]) -> list[str]:
+    """``cluster.env`` overrides that name a secret-looking variable get the value ``<redacted>``."""
+    out = []
+    for o in overrides:
+        key, sep, _ = o.partition("=")
+        name = key.lstrip("+~")
+        secret = sep and name.startswith("cluster.env") and _SECRET.search(o if name == "cluster.env" else name)
+        out.append(f"{key}={REDACTED}" if secret else o)
+    return out
+
+
+def redact_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with secret-looking variables' values replaced by ``<redacted>``."""
+    return {k: (REDACTED if _SECRET.search(k) else v) for k, v in env.items()}
 
 
 def package_versions(names: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str | None]:
@@ -80,9 +102,18 @@ def build_manifest(*, overrides: list[str], config: dict[str, Any], cluster: dic
         job_id: the scheduler's id (Ray submission id or Slurm job id).
         entrypoint: the command the job runs.
     """
+    config = json.loads(json.dumps(config, default=str))
+    redacted = redact_overrides(list(overrides))
+    for o, r in zip(overrides, redacted):
+        if o != r and entrypoint:
+            entrypoint = entrypoint.replace(shlex.quote(o), shlex.quote(r))
+    cluster = dict(cluster)
+    for c in (cluster, config.get("cluster")):
+        if isinstance(c, dict) and isinstance(c.get("env"), dict):
+            c["env"] = redact_env(c["env"])
     return {"schema": SCHEMA_VERSION, "created": utc_now(), "submitted_from": socket.gethostname(),
-            "argv": list(sys.argv), "overrides": list(overrides), "run_dir": str(run_dir),
-            "cluster": dict(cluster), "job_id": job_id, "entrypoint": entrypoint,
+            "argv": redact_overrides(list(sys.argv)), "overrides": redacted,
+            "run_dir": str(run_dir), "cluster": cluster, "job_id": job_id, "entrypoint": entrypoint,
             "git": git_state(repo), "packages": package_versions(), "config": config}
 
 

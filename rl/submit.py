@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from rl.config import ClusterConfig, ConfigError, TrainConfig, register_configs, to_config
-from rl.manifest import ManifestError, build_manifest, read_manifest, write_manifest
+from rl.manifest import REDACTED, ManifestError, build_manifest, read_manifest, write_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 """The repository that is submitted (its ``configs/`` is the config tree)."""
@@ -71,7 +71,8 @@ def compose(overrides: list[str]) -> TrainConfig:
         with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
             cfg = hydra_compose("train", overrides=[o for o in overrides if not _is_hydra(o)])
     except (HydraException, OmegaConfBaseException) as err:
-        raise SubmitError(f"config error: {str(err).splitlines()[0]}") from err
+        lines = [ln.strip() for ln in str(err).split("Config search path")[0].splitlines() if ln.strip()]
+        raise SubmitError(f"config error: {lines[0]}" + (f" ({' '.join(lines[1:])})" if lines[1:] else "")) from err
     try:
         return to_config(cfg)
     except ConfigError as err:
@@ -310,7 +311,7 @@ def _submit_slurm(cfg: TrainConfig, overrides: list[str], run_dir: Path, script:
 def follow(cluster: ClusterConfig, job_id: str, run_dir: str | None = None, say=print) -> str:
     """Stream the job's log until it ends; returns its final state (``SUCCEEDED`` / ``COMPLETED`` ...)."""
     if cluster.kind == "slurm":
-        return _follow_slurm(job_id, Path(run_dir) / f"slurm-{job_id}.out" if run_dir else None, say)
+        return _follow_slurm(job_id, Path(run_dir) / f"slurm-{job_id}.out" if run_dir else slurm_stdout(job_id), say)
     import asyncio
 
     client = ray_client(ray_address(cluster))
@@ -325,13 +326,22 @@ def follow(cluster: ClusterConfig, job_id: str, run_dir: str | None = None, say=
     return str(status.value)
 
 
+def _slurm_job(job_id: str) -> dict[str, str]:
+    """``scontrol show job`` fields of a job (empty once Slurm has forgotten it)."""
+    res = subprocess.run(["scontrol", "show", "job", "-o", job_id], check=False, capture_output=True, text=True,
+                         timeout=60)
+    return dict(part.split("=", 1) for part in res.stdout.split() if "=" in part)
+
+
 def slurm_state(job_id: str) -> str | None:
-    """A Slurm job's state from ``scontrol show job`` (None once Slurm has forgotten it)."""
-    res = subprocess.run(["scontrol", "show", "job", "-o", job_id], check=False, capture_output=True, text=True, timeout=60)
-    for part in res.stdout.split():
-        if part.startswith("JobState="):
-            return part.split("=", 1)[1]
-    return None
+    """A Slurm job's state (``RUNNING``, ``COMPLETED`` ...; None once Slurm has forgotten it)."""
+    return _slurm_job(job_id).get("JobState")
+
+
+def slurm_stdout(job_id: str) -> Path | None:
+    """The file a Slurm job writes its output to."""
+    out = _slurm_job(job_id).get("StdOut")
+    return Path(out) if out else None
 
 
 def _follow_slurm(job_id: str, log: Path | None, say) -> str:
@@ -351,7 +361,11 @@ def _follow_slurm(job_id: str, log: Path | None, say) -> str:
 
 
 def control(args: argparse.Namespace, cluster: ClusterConfig, say=print) -> int:
-    """``--list`` / ``--logs`` / ``--status`` / ``--stop``; returns the exit status."""
+    """``--list`` / ``--logs [--follow]`` / ``--status`` / ``--stop``; returns the exit status."""
+    if args.logs and args.follow:
+        state = follow(cluster, args.logs)
+        say(f"job {args.logs}: {state}")
+        return 0 if state in ("SUCCEEDED", "COMPLETED") else 1
     if cluster.kind == "slurm":
         if args.list:
             res = subprocess.run(["squeue", "-h", "-o", "%i %j %T %M %R"], check=False, capture_output=True, text=True)
@@ -359,10 +373,15 @@ def control(args: argparse.Namespace, cluster: ClusterConfig, say=print) -> int:
                 if line.split()[1].startswith("dsa-rl"):
                     say(line)
             return res.returncode
-        job = args.stop or args.status or args.logs
         if args.stop:
-            return subprocess.run(["scancel", job], check=False).returncode
-        say(slurm_state(job) or "UNKNOWN")
+            return subprocess.run(["scancel", args.stop], check=False).returncode
+        if args.status:
+            say(slurm_state(args.status) or "UNKNOWN")
+            return 0
+        log = slurm_stdout(args.logs)
+        if log is None or not log.exists():
+            raise SubmitError(f"no log for Slurm job {args.logs} (unknown job, or its output file is gone)")
+        say(log.read_text(), end="")
         return 0
     if cluster.kind != "ray_job":
         raise SubmitError("job control needs cluster=ray_job (with cluster.address / RAY_ADDRESS) or cluster=slurm")
@@ -410,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rl.submit", description=__doc__.splitlines()[0],
                                      epilog="Other arguments are Hydra overrides, as for `python -m rl.train`.")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the job; submit nothing")
-    parser.add_argument("--follow", action="store_true", help="after submitting, stream logs until the job ends")
+    parser.add_argument("--follow", action="store_true",
+                        help="stream the job's logs until it ends (after submitting, or with --logs JOB_ID)")
     parser.add_argument("--from-manifest", metavar="PATH", help="re-submit the overrides of a manifest.json")
     parser.add_argument("--list", action="store_true", help="list jobs")
     parser.add_argument("--logs", metavar="JOB_ID", help="print a job's logs")
@@ -432,7 +452,10 @@ def main(argv: list[str] | None = None) -> int:
             old = read_manifest(args.from_manifest)
             print(f"re-submitting {args.from_manifest} (commit {old['git'].get('commit')}, now "
                   f"{'same' if old['git'] == _git_now() else 'different'} code)", file=sys.stderr)
-            overrides = [o for o in old["overrides"] if _key(o) != "hydra.run.dir"] + overrides
+            dropped = [o for o in old["overrides"] if REDACTED in o]
+            if dropped:
+                print(f"note: left out redacted overrides (set them again): {' '.join(dropped)}", file=sys.stderr)
+            overrides = [o for o in old["overrides"] if _key(o) != "hydra.run.dir" and o not in dropped] + overrides
         manifest = submit(overrides, dry_run=args.dry_run)
         if args.follow and manifest:
             state = follow(compose(overrides).cluster, manifest["job_id"], manifest["run_dir"])

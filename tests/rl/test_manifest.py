@@ -70,3 +70,18 @@ def test_read_rejects_bad_files(tmp_path):
     bad.write_text('{"overrides": [], "schema": 99}')
     with pytest.raises(ManifestError, match="schema 99"):
         read_manifest(bad)
+
+
+def test_secret_env_values_are_redacted(tmp_path):
+    from rl.manifest import REDACTED, redact_overrides
+
+    overrides = ["cluster=ray_job", "+cluster.env.WANDB_API_KEY=abc", "cluster.env.HF_HOME=/h",
+                 "cluster.env={HF_TOKEN:xyz}", "seed=1"]
+    assert redact_overrides(overrides) == ["cluster=ray_job", f"+cluster.env.WANDB_API_KEY={REDACTED}",
+                                           "cluster.env.HF_HOME=/h", f"cluster.env={REDACTED}", "seed=1"]
+    m = build_manifest(overrides=overrides, config={"cluster": {"env": {"WANDB_API_KEY": "abc", "HF_HOME": "/h"}}},
+                       cluster={"env": {"HF_TOKEN": "xyz"}}, run_dir=tmp_path, repo=tmp_path,
+                       entrypoint="python -m rl.train '+cluster.env.WANDB_API_KEY=abc' cluster.env.HF_HOME=/h")
+    text = json.dumps(m)
+    assert "abc" not in text and "xyz" not in text and "/h" in text
+    assert m["config"]["cluster"]["env"] == {"WANDB_API_KEY": REDACTED, "HF_HOME": "/h"}

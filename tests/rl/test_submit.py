@@ -95,6 +95,21 @@ def test_from_manifest_reuses_the_overrides(in_tmp, capsys, monkeypatch):
     assert f"hydra.run.dir={old}" not in out  # a re-submission gets a fresh run dir
 
 
+def test_from_manifest_leaves_out_redacted_secrets(in_tmp, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", os.defpath)
+    from rl.manifest import build_manifest, write_manifest
+
+    old = in_tmp / "old"
+    write_manifest(old, build_manifest(overrides=["cluster=slurm", "+experiment=math", "cluster.env.MY_TOKEN=s3",
+                                                  "+cluster.env.HF_HOME=/h"], config={}, cluster={}, run_dir=old,
+                                       repo=in_tmp))
+    assert "s3" not in (old / "manifest.json").read_text()
+    assert main(["--from-manifest", str(old), "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert "note: left out redacted overrides (set them again): cluster.env.MY_TOKEN=<redacted>" in err
+    assert "export HF_HOME=/h" in out and "MY_TOKEN" not in out
+
+
 def test_run_dir_default_and_collision(in_tmp):
     import datetime as dt
 
@@ -164,7 +179,12 @@ def test_local_and_config_errors_are_refused(in_tmp, capsys):
     assert capsys.readouterr().err.strip() == ("error: config error: algorithm.group_size=1 is invalid: "
                                                "must be >= 2")
     assert main(["cluster=slurm", "cluster.nodse=2", "--dry-run"]) == 2
-    assert "config error:" in capsys.readouterr().err and list(in_tmp.iterdir()) == []
+    assert capsys.readouterr().err.strip() == ("error: config error: Could not override 'cluster.nodse'. "
+                                               "(To append to your config use +cluster.nodse=2)")
+    assert main(["cluster=slurmx", "--dry-run"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: config error: In 'train': Could not find 'cluster/slurmx' "
+                                               "(Available options in 'cluster': local ray_job slurm)")
+    assert list(in_tmp.iterdir()) == []
 
 
 # ---- real schedulers on loopback ----------------------------------------------------------------

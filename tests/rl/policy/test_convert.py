@@ -197,3 +197,20 @@ def test_rollout_engine_and_grpo_trainer_run_the_converted_policy(tmp_path):
     assert ((lp - batch.old_logprobs).abs() * batch.loss_mask).max() < 1e-4
     metrics = trainer.train_step(trajs, [1.0, -1.0, 0.5, -0.5])
     assert metrics["num_updates"] == 1 and torch.isfinite(torch.tensor(metrics["loss"]))
+
+
+def test_llama3_rope_scaling_is_kept_and_generate_matches_the_source(tmp_path):
+    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16, "rope_theta": 500000.0}
+    src = _source(rope_parameters=rope, max_position_embeddings=128)
+    src.save_pretrained(tmp_path / "src")
+    convert_pretrained(str(tmp_path / "src"), tmp_path / "dsa", **INDEXER)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "dsa").eval()
+    ids = torch.randint(0, 97, (1, 40), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        assert (model(ids, attention_mode="dense", use_cache=False).logits - src(ids).logits).abs().max() < 1e-5
+        mask = torch.ones_like(ids[:, :10])
+        ours = model.generate(ids[:, :10], attention_mask=mask, max_new_tokens=6, do_sample=False,
+                              attention_mode="dense", pad_token_id=0)
+        theirs = src.generate(ids[:, :10], attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours, theirs)

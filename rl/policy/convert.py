@@ -19,9 +19,14 @@ half-split RoPE with the source's rope_theta (plain, no scaling).
 Forward keywords are those of `DSAForCausalLM` (`attention_mode`, `output_topk_indices`,
 `topk_indices` replay, `output_indexer_loss`, `labels`, `cache`: a `DSACache` whose per-layer
 "latent" entry is [k (post-RoPE); v] of width 2 * num_key_value_heads * head_dim) plus
-`output_attention_maps=True` -> `output.attention_maps`: per layer (dense head-summed, L1-normalised
-attention probabilities (B, T, S) fp32, indexer scores (B, T, S) fp32, allowed mask (B, T, S)) for
+`output_attention_maps=True` -> `output.attention_maps`: per layer (head-summed, L1-normalised attention
+probabilities of this call's mode (B, T, S) fp32, indexer scores (B, T, S) fp32, allowed mask (B, T, S)) for
 diagnostics (recall of the true top-k). Expert routes do not exist (no MoE): passing them raises.
+
+Also here: `convert_model` / `convert_pretrained` (and the CLI `python -m rl.policy.convert SRC DST
+[--index-topk K]`), `sequence_forward_macs` (budget accounting of this model), and `policy_config` /
+`build_policy` / `policy_sequence_macs`, which dispatch on `model_type` ("dsa" or "dsa_llama") for
+code that builds a policy from a config dict (rollout workers, the GRPO set-up, the budget).
 
 Departures: the sparse path computes scores against all S keys and masks the unselected ones
 (no gather of the k selected keys): the result is DSA's, the cost is still O(L^2). Sliding-window
@@ -29,7 +34,6 @@ attention of Qwen2 (off by default there) is not supported.
 """
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -414,11 +418,6 @@ def convert_pretrained(src: str, dst: str | Path | None = None, seed: int = 0, *
     return model
 
 
-def is_dsa_llama(path: str) -> bool:
-    """True when `path`'s config is already a converted model."""
-    return AutoConfig.from_pretrained(path).model_type == DSALlamaConfig.model_type
-
-
 def sequence_forward_macs(config: DSALlamaConfig, seq_len: int, mode: str = "sparse") -> ForwardCost:
     """Forward MACs of one sequence (as `rl.policy.flops.sequence_forward_macs`, for this model).
 
@@ -459,13 +458,6 @@ def policy_sequence_macs(config: Any, seq_len: int, mode: str = "sparse") -> For
     from rl.policy import flops
 
     return flops.sequence_forward_macs(config, seq_len, mode)
-
-
-def copy_tokenizer_files(src: str | Path, dst: str | Path) -> None:
-    """Copy tokenizer files (if any) from a local model directory to another."""
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
-        if (Path(src) / name).exists():
-            shutil.copy(Path(src) / name, Path(dst) / name)
 
 
 AutoConfig.register("dsa_llama", DSALlamaConfig)

@@ -214,3 +214,16 @@ def test_llama3_rope_scaling_is_kept_and_generate_matches_the_source(tmp_path):
                               attention_mode="dense", pad_token_id=0)
         theirs = src.generate(ids[:, :10], attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert torch.equal(ours, theirs)
+
+
+def test_policy_dispatch_on_model_type():
+    from rl.policy import DSAConfig, DSAForCausalLM, flops
+    from rl.policy.convert import build_policy, policy_config, policy_sequence_macs
+
+    native = DSAConfig.from_preset("tiny", vocab_size=64)
+    converted = convert_model(_source(), **INDEXER).config
+    assert isinstance(build_policy(native.to_dict()), DSAForCausalLM)
+    assert isinstance(build_policy(converted.to_dict()), DSALlamaForCausalLM)
+    assert policy_config(converted.to_dict()).index_topk == 6
+    assert policy_sequence_macs(native, 40) == flops.sequence_forward_macs(native, 40)
+    assert policy_sequence_macs(converted, 40) == sequence_forward_macs(converted, 40)

@@ -12,6 +12,9 @@ core alone and for the whole layer.
 Part 2: tiny preset (vocab 4096), batch 16 x 192 tokens, forward + backward tokens/s in sparse
 (index_topk 32) and dense mode.
 
+Times are CPU seconds of this process (`time.process_time`; run with --threads 1), which stay
+meaningful on a shared, loaded machine where wall time does not.
+
 Run: python benchmarks/attention.py [--contexts 2048 8192 32768 131072] [--repeats 3]
 """
 from __future__ import annotations
@@ -52,14 +55,14 @@ def decode_ms(layer: MLAttention, cfg: DSAConfig, context: int, topk: int, repea
     )
     whole, core = [], []
     for _ in range(repeats + 1):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         layer(h, ctx, cache)
-        t1 = time.perf_counter()
+        t1 = time.process_time()
         p = layer.project(h, ctx)
         latents, keys = cache.write(0, context - 1, p["entry"], p["index_k"])
-        t2 = time.perf_counter()
+        t2 = time.process_time()
         layer.attend(p, latents, keys, ctx, None)
-        t3 = time.perf_counter()
+        t3 = time.process_time()
         whole.append(t1 - t0)
         core.append(t3 - t2)
 
@@ -106,10 +109,10 @@ def train_throughput(steps: int) -> None:
         model = DSAForCausalLM(DSAConfig.from_preset("tiny", vocab_size=4096, attention_mode=mode)).train()
         times = []
         for _ in range(steps + 1):
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             out = model(x, labels=x, use_cache=False)
             out.loss.backward()
-            times.append(time.perf_counter() - t0)
+            times.append(time.process_time() - t0)
         best = min(times[1:])
         print(f"{mode:>7} | {x.numel() / best:>9.0f}")
 

@@ -34,7 +34,7 @@ scores (B, H, C, S) (masked path) or the gathered latents (B, C, k, kv_lora + dr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +65,8 @@ class AttentionContext:
     """Return the selected positions of every query."""
     want_indexer_loss: bool
     """Compute the indexer KL loss (dense mode: warm-up loss over all keys; sparse: over the selection)."""
+    allowed_memo: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    """`MLAttention._allowed` results, shared by every layer of one forward (single-chunk calls only)."""
 
 
 PATHS = ("gather", "absorbed", "expanded")
@@ -169,13 +171,20 @@ class MLAttention(nn.Module):
 
     # ---- pieces ---------------------------------------------------------------------------------
     def _allowed(self, ctx: AttentionContext, q0: int, q1: int) -> torch.Tensor:
-        """(B, q1-q0, S) bool: key s visible to query slot start+i (causal, not padding, or itself)."""
+        """(B, q1-q0, S) bool: key s visible to query slot start+i (causal, not padding, or itself).
+        Computed once per forward when one chunk holds every query (memoised in ctx: decode and short
+        calls); callers must not modify it."""
+        if (q0, q1) in ctx.allowed_memo:
+            return ctx.allowed_memo[(q0, q1)]
         S = ctx.key_valid.shape[1]
         key_pos = torch.arange(S, device=ctx.key_valid.device)
         q_pos = ctx.start + torch.arange(q0, q1, device=ctx.key_valid.device)
         causal = key_pos[None, :] <= q_pos[:, None]  # (C, S)
         is_self = key_pos[None, :] == q_pos[:, None]
-        return causal & (ctx.key_valid[:, None, :] | is_self)
+        allowed = causal & (ctx.key_valid[:, None, :] | is_self)
+        if q1 - q0 == S - ctx.start:  # one chunk holds every query: keep it (memory stays O(B C S))
+            ctx.allowed_memo[(q0, q1)] = allowed
+        return allowed
 
     def project(self, h: torch.Tensor, ctx: AttentionContext) -> dict[str, torch.Tensor]:
         """Per-token projections of h (B, T, d): query latent, RoPE'd queries, the new cache entries,
@@ -254,7 +263,10 @@ class MLAttention(nn.Module):
         for q0 in range(0, T, self.chunk):
             q1 = min(T, q0 + self.chunk)
             allowed = self._allowed(ctx, q0, q1)  # (B, C, S)
-            scores_i = index_scores(index_q[:, q0:q1], keys_f, index_w[:, q0:q1]) if run_indexer else None
+            scores_i = None
+            if run_indexer:  # no autograd graph unless the KL loss needs one
+                with torch.set_grad_enabled(torch.is_grad_enabled() and ctx.want_indexer_loss):
+                    scores_i = index_scores(index_q[:, q0:q1], keys_f, index_w[:, q0:q1])  # (B, C, S)
             sel = None
             if ctx.mode == "sparse":
                 if topk_indices is not None:

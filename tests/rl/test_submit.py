@@ -219,6 +219,8 @@ def test_ray_job_end_to_end(in_tmp, cache_dir, capsys, monkeypatch):
         assert f"job {job_id}: SUCCEEDED" in out
         print(f"ray_job 2-step run: {time.monotonic() - t0:.0f} s", file=sys.stderr)
         _check_run(run_dir, job_id, "ray_job")
+        assert main(["--logs", job_id, "cluster=ray_job", *address]) == 0
+        assert "stopped by max_steps (2 >= 2)" in capsys.readouterr().out
         # Re-submit from the manifest (fresh run dir under ./outputs), list it, stop it.
         assert main(["--from-manifest", str(run_dir / "manifest.json")]) == 0
         second = next(ln.split(": ", 1)[1] for ln in capsys.readouterr().out.splitlines()
@@ -254,8 +256,11 @@ def test_slurm_end_to_end(in_tmp, cache_dir, capsys, monkeypatch):
             assert main(["cluster=slurm", "cluster.partition=nope", *TINY]) == 2
             assert "partitions: debug" in capsys.readouterr().err
             t0 = time.monotonic()
+            # One torch thread in the driver: with its in-process trainer next to a rollout worker on 2
+            # cores, the default (2) oversubscribes and the run takes twice as long.
             rc = main(["cluster=slurm", "cluster.partition=debug", "cluster.time=00:20:00",
-                       f"cluster.ray_port={free_port()}", head_args, *TINY, f"hydra.run.dir={run_dir}", "--follow"])
+                       f"cluster.ray_port={free_port()}", head_args, "+cluster.env.OMP_NUM_THREADS=1", *TINY,
+                       f"hydra.run.dir={run_dir}", "--follow"])
             out = capsys.readouterr().out
             assert rc == 0, out[-3000:]
             print(f"slurm 2-step run: {time.monotonic() - t0:.0f} s", file=sys.stderr)
@@ -265,6 +270,8 @@ def test_slurm_end_to_end(in_tmp, cache_dir, capsys, monkeypatch):
             assert len(done) == 1 and "JobState=COMPLETED" in done[0] and "ExitCode=0:0" in done[0]
             manifest = _check_run(run_dir, job_id, "slurm")
             assert (run_dir / "submit.sbatch").read_text().startswith("#!/bin/bash")
-            assert manifest["cluster"]["partition"] == "debug"
+            assert manifest["cluster"]["partition"] == "debug" and manifest["cluster"]["env"] == {"OMP_NUM_THREADS": "1"}
+            assert main(["--logs", job_id, "cluster=slurm"]) == 0
+            assert "rl.train exited with status 0" in capsys.readouterr().out
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)

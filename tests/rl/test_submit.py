@@ -244,6 +244,8 @@ def test_ray_job_end_to_end(in_tmp, cache_dir, capsys, monkeypatch):
 def test_slurm_end_to_end(in_tmp, cache_dir, capsys, monkeypatch):
     if shutil.which("slurmctld") is None:
         pytest.skip("slurmctld not installed (apt-get install -y slurm-wlm munge)")
+    if os.geteuid() != 0:
+        pytest.skip("the one-node Slurm runs slurmctld/slurmd as root (SlurmUser=root): run as root")
     monkeypatch.setenv("DSA_RL_CACHE", str(cache_dir))
     run_dir = in_tmp / "run"
     ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's unix sockets live there

@@ -29,7 +29,7 @@ def main() -> None:
     a = ap.parse_args()
 
     t0 = time.perf_counter()
-    tasks, stats = synthesize(a.n, seed=0)
+    tasks, _ = synthesize(a.n, seed=0)
     wall = time.perf_counter() - t0
     fams = Counter(t.family for t in tasks)
     print(f"\n## Synthesis: {a.n} environments, every level validated\n")

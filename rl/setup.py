@@ -51,14 +51,16 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     say: Callable[[str], None] = print
     placement: Any = None
+    owns_ray: bool = False
 
     def engine_generate(self, rows: list[dict[str, Any]], group_size: int, *, greedy: bool, seed: int):
         """Decode held-out prompts in-process with the trainer's current weights."""
-        from rollout.engine import RolloutEngine
+        from rollout.engine import EngineConfig, RolloutEngine
         from rollout.sampling import SamplingParams
 
         self.eval_model.load_state_dict(self.trainer.export_state_dict())
-        engine = RolloutEngine(self.eval_model, self.tokenizer)
+        engine = RolloutEngine(self.eval_model, self.tokenizer,
+                               EngineConfig.from_config(self.cfg.rollout, record_routes=False, record_topk=False))
         params = (SamplingParams(greedy=True, max_new_tokens=self.cfg.rollout.max_new_tokens) if greedy
                   else self.sampling)
         prompts = [r["prompt_ids"] for r in rows for _ in range(group_size)]
@@ -77,11 +79,16 @@ class Run:
         self.trainer.save(self.dir / "checkpoints", step=step, extra=extra, keep=2)
 
     def close(self) -> None:
+        """Stop the workers, the logger, and the local Ray cluster when this run started it."""
+        import ray
+
         self.logger.finish()
         if self.pool is not None:
             self.pool.shutdown()
         if self.placement is not None:
             self.placement.remove()
+        if self.owns_ray:
+            ray.shutdown()
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -119,11 +126,12 @@ def check_reachable(address: str, timeout_s: float = 3.0) -> None:
                            ) from err
 
 
-def _init_ray(cfg: TrainConfig) -> None:
+def _init_ray(cfg: TrainConfig) -> bool:
+    """Connect to (or start) Ray; returns True when this call started a local cluster."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     if cfg.cluster.kind == "ray_job":  # inside a Ray job: join the job's cluster (Ray sets RAY_ADDRESS)
         address = os.environ.get("RAY_ADDRESS") or "auto"
@@ -134,6 +142,7 @@ def _init_ray(cfg: TrainConfig) -> None:
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=cfg.cluster.num_cpus, include_dashboard=False, log_to_driver=False)
+        return not address
     except Exception as err:  # ConnectionError, TimeoutError, RuntimeError... depending on the address form
         raise StartupError(f"cluster.address={address!r}: could not connect to Ray ({type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else ''}); start a head with "
@@ -200,7 +209,7 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
         raise StartupError(f"rewards: {str(err).strip(chr(34) + chr(39))}") from err
     if not terms:
         raise StartupError("rewards.terms is empty: add a reward term (e.g. rewards=math) or an environment")
-    _init_ray(cfg)
+    owns_ray = _init_ray(cfg)
     from rl.placement import PlacementError, place
 
     try:
@@ -216,6 +225,7 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
 
     from rl.distributed import make_trainer
     from rl.policy import DSAForCausalLM
+    from rollout.engine import EngineConfig
     from rollout.pool import RolloutPool
     from rollout.sampling import SamplingParams
 
@@ -241,10 +251,10 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
         weights = trainer.export_state_dict()
         say(f"resumed {out} at step {step}")
     tok_dir = cfg.model.tokenizer or cfg.model.path
-    pool = RolloutPool(model_config.to_dict(), tok_dir, num_workers=cfg.rollout.num_workers, state_dict=weights,
+    pool = RolloutPool(model_config.to_dict(), tok_dir, EngineConfig.from_config(cfg.rollout),
+                       num_workers=cfg.rollout.num_workers, state_dict=weights,
                        num_cpus_per_worker=res.cpus_per_actor, num_gpus_per_worker=res.gpus_per_worker,
-                       seed=cfg.seed, actor_options=placement.worker_options)
-    pool.version = step
+                       seed=cfg.seed, version=step, actor_options=placement.worker_options)
     from rl.logger import make_logger, make_progress
 
     logger = make_logger(cfg.logger, str(out), f"{cfg.experiment}-{out.name}", asdict(cfg))
@@ -255,4 +265,4 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
                trainer=trainer, pool=pool, eval_model=eval_model,
                sampling=SamplingParams.from_config(cfg.rollout), logger=logger,
                progress=make_progress(cfg.logger.progress), step=step, history=history, say=say,
-               placement=placement)
+               placement=placement, owns_ray=owns_ray)

@@ -7,6 +7,7 @@ Ray, DeepSpeed or a model is touched, with one line naming the key, the value an
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import hydra
@@ -29,6 +30,9 @@ def main(cfg: DictConfig) -> None:
     from rl.loop import run  # heavy imports (torch, ray) only after the config is known good
     from rl.setup import StartupError
 
+    # SIGTERM (a scheduler's cancel, `kill`) unwinds like Ctrl-C, so the run shuts its Ray workers
+    # down; the last complete checkpoint stays valid either way.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         run(config, run_dir)
     except StartupError as err:

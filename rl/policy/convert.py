@@ -460,8 +460,9 @@ def policy_sequence_macs(config: Any, seq_len: int, mode: str = "sparse") -> For
     return flops.sequence_forward_macs(config, seq_len, mode)
 
 
-AutoConfig.register("dsa_llama", DSALlamaConfig)
-AutoModelForCausalLM.register(DSALlamaConfig, DSALlamaForCausalLM)
+if __name__ != "__main__":  # `python -m rl.policy.convert` runs this file a second time as __main__
+    AutoConfig.register("dsa_llama", DSALlamaConfig)
+    AutoModelForCausalLM.register(DSALlamaConfig, DSALlamaForCausalLM)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -482,4 +483,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from rl.policy.convert import main as _registered_main  # the classes registered on `import rl.policy`
+
+    _registered_main()

@@ -227,3 +227,15 @@ def test_policy_dispatch_on_model_type():
     assert policy_config(converted.to_dict()).index_topk == 6
     assert policy_sequence_macs(native, 40) == flops.sequence_forward_macs(native, 40)
     assert policy_sequence_macs(converted, 40) == sequence_forward_macs(converted, 40)
+
+
+def test_command_line_converts(tmp_path, capsys):
+    from rl.policy.convert import main
+
+    _source("qwen2").save_pretrained(tmp_path / "src")
+    main([str(tmp_path / "src"), str(tmp_path / "dst"), "--index-topk", "4", "--index-n-heads", "2",
+          "--index-head-dim", "8"])
+    assert "converted" in capsys.readouterr().out
+    cfg = AutoModelForCausalLM.from_pretrained(tmp_path / "dst").config
+    assert (cfg.model_type, cfg.index_topk, cfg.index_n_heads, cfg.index_head_dim) == ("dsa_llama", 4, 2, 8)
+    assert (cfg.qkv_bias, cfg.o_bias) == (True, False)

@@ -165,7 +165,8 @@ def test_command_line_two_stages(llama_dir, tmp_path):
     for exp, path, out in (("dsa_warmup", llama_dir, tmp_path / "w"), ("dsa_sparse", tmp_path / "w" / "model",
                                                                         tmp_path / "s")):
         r = subprocess.run([sys.executable, "-m", "rl.indexer_train", f"+experiment={exp}", f"model.path={path}",
-                            f"hydra.run.dir={out}", *common], env=env, capture_output=True, text=True, timeout=300)
+                            f"hydra.run.dir={out}", *common], check=False, env=env, capture_output=True, text=True,
+                           timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
         assert json.loads((out / "indexer_report.json").read_text())["stage"] == exp.removeprefix("dsa_")
     from transformers import AutoModelForCausalLM

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from rl.policy.flops import sequence_forward_macs
+from rl.policy.convert import policy_sequence_macs as sequence_forward_macs  # native or converted
 
 if TYPE_CHECKING:
     from rl.config import BudgetConfig

@@ -151,12 +151,14 @@ def _init_ray(cfg: TrainConfig) -> bool:
 
 def _policy(cfg: TrainConfig, tok, rows, device, say) -> tuple[Any, dict[str, torch.Tensor]]:
     """The starting policy's config and weights: ``model.path``, or the (cached) cold start."""
+    from transformers import AutoModelForCausalLM
+
     from rl.coldstart import cold_start_key, run_cold_start, save_atomic
     from rl.policy import DSAConfig, DSAForCausalLM
 
     if cfg.model.path is not None:
         try:
-            model = DSAForCausalLM.from_pretrained(cfg.model.path)
+            model = AutoModelForCausalLM.from_pretrained(cfg.model.path)  # native or converted DSA
         except Exception as err:
             raise StartupError(f"model.path={cfg.model.path!r}: could not load a DSA policy ({err})") from err
     else:
@@ -224,13 +226,13 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
     model_config, weights = _policy(cfg, tok, train_rows, device, say)
 
     from rl.distributed import make_trainer
-    from rl.policy import DSAForCausalLM
+    from rl.policy.convert import build_policy
     from rollout.engine import EngineConfig
     from rollout.pool import RolloutPool
     from rollout.sampling import SamplingParams
 
     def factory():
-        m = DSAForCausalLM(model_config)
+        m = build_policy(model_config)
         m.load_state_dict(weights)
         return m
 
@@ -258,7 +260,7 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
     from rl.logger import make_logger, make_progress
 
     logger = make_logger(cfg.logger, str(out), f"{cfg.experiment}-{out.name}", asdict(cfg))
-    eval_model = DSAForCausalLM(model_config).to(device).eval()
+    eval_model = build_policy(model_config).to(device).eval()
     correct_term = next(iter(cfg.rewards.terms))
     return Run(cfg=cfg, dir=out, tokenizer=tok, model_config=model_config, train_rows=train_rows,
                test_rows=test_rows, rewards=rewards, correct_term=correct_term, budget=budget, sampler=sampler,

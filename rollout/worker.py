@@ -48,21 +48,22 @@ def broadcast_state(pg, tensors: Sequence[torch.Tensor]) -> None:
 
 
 class RolloutWorker:
-    """A policy copy + engine. Build with a `DSAConfig` (or its dict), optionally initial weights."""
+    """A policy copy + engine. Build with a policy config (`DSAConfig`, a converted `DSALlamaConfig`, or
+    either one's dict), optionally initial weights."""
 
     def __init__(self, model_config, tokenizer: str | None = None, engine_config: EngineConfig | None = None, *,
                  state_dict: dict | None = None, num_threads: int | None = None, device: str | None = None,
                  init_seed: int = 0) -> None:
-        from rl.policy import DSAConfig, DSAForCausalLM
+        from rl.policy.convert import build_policy, policy_config
         from rl.policy.tokenizer import load_tokenizer
 
         if num_threads:
             torch.set_num_threads(num_threads)
         if isinstance(model_config, dict):
-            model_config = DSAConfig(**model_config)
+            model_config = policy_config(model_config)  # "dsa" or a converted "dsa_llama"
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch.manual_seed(init_seed)  # identical random init on every worker
-        self.model = DSAForCausalLM(model_config).to(dev).eval()
+        self.model = build_policy(model_config).to(dev).eval()
         self.engine = RolloutEngine(self.model, load_tokenizer(tokenizer), engine_config)
         self._crash_in: int | None = None
         self._pg = None

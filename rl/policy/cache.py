@@ -10,6 +10,10 @@ then `model(ids, attention_mask=mask, cache=cache)` for the prompt and once per 
 writes its slots and advances `seq_len`. If a write would overflow, capacity doubles (a copy), so
 `generate()` can also start from an empty cache that the model creates on the first call.
 
+Layout: `index_keys[l]` has shape (B, capacity, d_I) but is stored transposed (a transposed view
+of a (B, d_I, capacity) buffer), so each block of keys the indexer scores is a plain (d_I, n) matrix
+for the GEMM q @ k^T (measured 17.5 vs 23.3 ms for 128K keys at V3.2's indexer shape, 1 thread).
+
 Memory: per layer and token (kv_lora + dr + d_I) elements (V3.2: 576 + 128), in the cache dtype.
 Not a `transformers.Cache` subclass; it implements the few members `generate()` touches
 (`get_seq_length`, `is_linear`, `is_compileable`, `is_croppable`).
@@ -46,7 +50,8 @@ class DSACache:
         dtype = dtype or torch.float32
         L = config.num_hidden_layers
         lat = [torch.zeros(batch_size, max_len, config.latent_dim, device=device, dtype=dtype) for _ in range(L)]
-        idx = [torch.zeros(batch_size, max_len, config.index_head_dim, device=device, dtype=dtype) for _ in range(L)]
+        idx = [_keys_layout(torch.zeros(batch_size, max_len, config.index_head_dim, device=device, dtype=dtype))
+               for _ in range(L)]
         return cls(lat, idx, torch.zeros(batch_size, max_len, dtype=torch.bool, device=device))
 
     # ---- members generate() uses ----------------------------------------------------------------
@@ -78,7 +83,7 @@ class DSACache:
             return out
 
         self.latents = [grow(t) for t in self.latents]
-        self.index_keys = [grow(t) for t in self.index_keys]
+        self.index_keys = [_keys_layout(grow(t)) for t in self.index_keys]
         self.valid = grow(self.valid)
 
     def update_valid(self, start: int, attention_mask: torch.Tensor | None, num_new: int) -> torch.Tensor:
@@ -125,5 +130,10 @@ class DSACache:
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only batch rows `rows` (LongTensor), e.g. after dropping finished sequences."""
         self.latents = [t.index_select(0, rows) for t in self.latents]
-        self.index_keys = [t.index_select(0, rows) for t in self.index_keys]
+        self.index_keys = [_keys_layout(t.index_select(0, rows)) for t in self.index_keys]
         self.valid = self.valid.index_select(0, rows)
+
+
+def _keys_layout(t: torch.Tensor) -> torch.Tensor:
+    """(B, S, d) -> the same values, stored as a (B, d, S) buffer (a transposed view, same shape)."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)

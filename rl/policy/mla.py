@@ -170,6 +170,11 @@ class MLAttention(nn.Module):
         self.indexer = LightningIndexer(config)
 
     # ---- pieces ---------------------------------------------------------------------------------
+    def _path(self, num_queries: int, num_keys: int) -> str:
+        """Sparse path of a call (see `attention_path`)."""
+        return attention_path(num_queries, num_keys, self.topk, self.n_heads, self.kv_lora, self.dn, self.dv,
+                              self.chunk)
+
     def _allowed(self, ctx: AttentionContext, q0: int, q1: int) -> torch.Tensor:
         """(B, q1-q0, S) bool: key s visible to query slot start+i (causal, not padding, or itself).
         Computed once per forward when one chunk holds every query (memoised in ctx: decode and short
@@ -188,7 +193,8 @@ class MLAttention(nn.Module):
 
     def project(self, h: torch.Tensor, ctx: AttentionContext) -> dict[str, torch.Tensor]:
         """Per-token projections of h (B, T, d): query latent, RoPE'd queries, the new cache entries,
-        and (sparse mode / indexer loss) the absorbed query and the indexer's queries and head weights.
+        the absorbed query (sparse mode, unless the call takes the expanded path) and (sparse mode /
+        indexer loss) the indexer's queries and head weights.
         Everything here costs O(1) per token; `attend` holds all the work that grows with context."""
         B, T, _ = h.shape
         cos, sin = ctx.rope
@@ -202,6 +208,8 @@ class MLAttention(nn.Module):
             "entry": torch.cat([self.kv_norm(c_kv), apply_rope(k_rope, cos, sin)], dim=-1),  # (B, T, kv_lora+dr)
             "index_k": self.indexer.keys(h, *ctx.index_rope),  # (B, T, d_I)
         }
+        if ctx.mode == "sparse" and self._path(T, ctx.key_valid.shape[1]) != "expanded":
+            p["q_cat"] = torch.cat([self.kv_b(q_nope, "absorb_query"), p["q_rope"]], dim=-1)  # (B, T, H, kv_lora+dr)
         if ctx.mode == "sparse" or ctx.want_indexer_loss:
             p["index_q"] = self.indexer.queries(q_latent, *ctx.index_rope)  # (B, T, H_I, d_I) fp32
             p["index_w"] = self.indexer.head_weights(h)  # (B, T, H_I) fp32
@@ -250,13 +258,12 @@ class MLAttention(nn.Module):
         run_indexer = need_selection or ctx.want_indexer_loss
         if run_indexer:
             index_q, index_w, keys_f = p["index_q"], p["index_w"], keys_i.float()
-        path = "expanded" if ctx.mode == "dense" else attention_path(
-            T, S, self.topk, H, self.kv_lora, self.dn, self.dv, self.chunk)
+        path = "expanded" if ctx.mode == "dense" else self._path(T, S)
         if path == "expanded":  # K/V decompressed per head once: (B, S, H, dn), (B, S, H, dv)
             kv = self.kv_b(latents[..., : self.kv_lora]).view(B, S, H, self.dn + self.dv)
             k_nope, values = kv.split([self.dn, self.dv], dim=-1)
-        else:  # absorbed query [W_UK^T q_nope; q_rope]: (B, T, H, kv_lora+dr)
-            q_cat = torch.cat([self.kv_b(q_nope, "absorb_query"), q_rope], dim=-1)
+        else:  # absorbed query [W_UK^T q_nope; q_rope]: (B, T, H, kv_lora+dr), made by project()
+            q_cat = p["q_cat"]
 
         outs, sels = [], []
         kl_sum = h.new_zeros((), dtype=torch.float32) if ctx.want_indexer_loss else None

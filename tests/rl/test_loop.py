@@ -97,3 +97,29 @@ def test_smoke_run_then_kill_and_resume(tmp_path: Path) -> None:
     assert summary["steps"] == 4
     steps = [json.loads(line)["step"] for line in (run2 / "history.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps[-1] == 4 and len(set(steps[1:-1])) == len(steps[1:-1])
+
+
+@pytest.mark.slow
+def test_grpo_on_a_converted_llama(tmp_path: Path) -> None:
+    """`model.path=` a Llama converted to DSA: the same entry point trains it (issue 10's hand-off)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rl.policy.convert import convert_pretrained
+    from rl.policy.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(cache_dir=tmp_path / "cache")
+    src = tmp_path / "llama"
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, eos_token_id=tok.eos_token_id,
+                                 pad_token_id=tok.pad_token_id)).save_pretrained(src)
+    tok.save_pretrained(src)
+    convert_pretrained(str(src), tmp_path / "dsa", index_topk=8, index_n_heads=2, index_head_dim=16)
+    env = {**os.environ, "DSA_RL_CACHE": str(tmp_path / "cache")}
+    run = tmp_path / "run"
+    p = _train([*TINY, "budget=smoke", f"model.path={tmp_path / 'dsa'}", f"hydra.run.dir={run}"], env)
+    out, _ = p.communicate(timeout=900)
+    assert p.returncode == 0, out[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["budget"]["budget/train_flops"] > 0
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert all(h["train/logp_mismatch_max"] < 1e-4 for h in history if "train/logp_mismatch_max" in h)

@@ -5,7 +5,9 @@ from random weights, so the cold start does three things, in order:
 
 1. **SFT** (dense attention, all parameters) on chat-formatted demonstrations
    ``<|user|>PROBLEM<|end|><|assistant|><think>STEPS</think>\\boxed{ANSWER}<|end|>``; loss only on
-   the assistant turn.
+   the assistant turn; for tool environments (``+experiment=agent``) the
+   demonstrations are the reference solutions replayed through the multi-turn loop
+   (``envs.data.cold_start_examples``), loss on the assistant turns only.
 2. **Dense warm-up of the indexer** (V3.2 section 2): everything but the lightning indexers is
    frozen; loss = KL(head-summed, L1-normalised attention || softmax(index scores)).
 3. **Sparse stage**: top-k attention on, all parameters train on LM loss + the indexer KL over the
@@ -119,17 +121,26 @@ def cold_start_key(cfg: ColdStartConfig, model_cfg: dict[str, Any], data_key: st
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def run_cold_start(model: DSAForCausalLM, tok: PreTrainedTokenizerBase, rows: list[dict[str, Any]],
-                   cfg: ColdStartConfig, seed: int, log: Callable[[str], None] = print) -> dict[str, float]:
+def teacher_examples(tok: PreTrainedTokenizerBase, rows: list[dict[str, Any]], stop_early: float,
+                     rng: random.Random) -> list[tuple[list[int], list[int]]]:
+    """The teacher's demonstrations of data set records (``prompt``, ``answer``, ``solution``),
+    encoded as (ids, loss mask) pairs (``encode_chat``)."""
+    return [encode_chat(tok, r["prompt"], teacher_response(r["solution"], r["answer"], rng, stop_early))
+            for r in rows]
+
+
+def run_cold_start(model: DSAForCausalLM, tok: PreTrainedTokenizerBase,
+                   examples: list[tuple[list[int], list[int]]], cfg: ColdStartConfig, seed: int,
+                   log: Callable[[str], None] = print, rng: random.Random | None = None) -> dict[str, float]:
     """Train ``model`` in place through the three stages; returns the final loss of each.
 
-    ``rows`` are data set records with ``prompt``, ``answer`` and ``solution``.
+    ``examples`` are encoded demonstrations: (token ids, loss mask) pairs, mask 1 where the model
+    learns (``teacher_examples`` for math records; ``envs.data.cold_start_examples`` for tool
+    environments). rng: shuffles the batches (None = ``random.Random(seed)``).
     """
-    rng = random.Random(seed)
+    rng = rng or random.Random(seed)
     torch.manual_seed(seed)
     device = next(model.parameters()).device
-    examples = [encode_chat(tok, r["prompt"], teacher_response(r["solution"], r["answer"], rng,
-                                                               cfg.teacher_stop_early)) for r in rows]
     batches = _batches(examples, cfg.batch_size, tok.pad_token_id, rng, device)
     out = {}
 

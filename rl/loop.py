@@ -9,6 +9,11 @@ them with the reward terms, 4. group-relative advantages, 5. the DeepSpeed train
 checkpoint on schedule. The run stops at the first budget limit, evaluates once more, writes the
 summary (``summary.json``), a plot (``progress.png``) and the final policy (``final/``).
 
+The run's task source (``rl.setup.PromptSource`` / ``AgentSource``) says what a prompt and a
+rollout are: one completion of a data set prompt, or (``env.name`` set, ``+experiment=agent``) one
+multi-turn tool-use episode in a synthesized environment, scored by its verifier. Everything else
+(advantages, updates, weight sync, budget, evaluation) is the same for both.
+
 Departures from V3.2: there is no separate reference-model service (the trainer keeps a frozen
 copy when ``kl_coef > 0``); weights move through the Ray object store on CPU.
 """
@@ -26,15 +31,17 @@ from rl.evaluate import pass_at_k, plot_history
 from rl.setup import Run, build_run
 
 
-def _rewards_for(run: Run, trajs, rows: list[dict[str, Any]]):
-    """Score trajectories; ``rows[i]`` is the data record of trajectory i's prompt."""
-    fields = {k: [r[k] for r in rows] for k in rows[0] if k != "prompt"} if rows else {}
-    fields.update(finish_reason=[t.finish_reason for t in trajs], num_turns=[t.num_turns for t in trajs])
-    return run.rewards.score([r["prompt"] for r in rows], [t.completion for t in trajs], fields)
+def _rewards_for(run: Run, trajs, rows: list[Any]):
+    """Score trajectories; ``rows[i]`` is the row (data record or task) of trajectory i's prompt."""
+    return run.rewards.score(*run.source.reward_inputs(rows, trajs))
 
 
 def evaluate(run: Run, step: int, sampled: bool = False) -> dict[str, float]:
-    """Greedy accuracy and mean reward on the held-out prompts (plus sampled accuracy and pass@G)."""
+    """Greedy accuracy and mean reward on the held-out prompts (plus sampled accuracy and pass@G).
+
+    Accuracy: the share of samples whose ``run.correct_term`` is > 0 (agent runs: the environment's
+    verifier, so the success rate).
+    """
     if run.test_rows is None:
         return {}
     cfg, rows = run.cfg, run.test_rows
@@ -66,7 +73,7 @@ def run(cfg: TrainConfig, run_dir: str) -> dict[str, Any]:
             while (reason := run.budget.exhausted()) is None:
                 t0 = time.perf_counter()
                 rows = [run.train_rows[i] for i in run.sampler.next_batch(B)]
-                trajs = run.pool.generate([r["prompt_ids"] for r in rows], run.sampling, G)
+                trajs = run.source.rollout(run.pool, rows, run.sampling, G)
                 t1 = time.perf_counter()
                 group_rows = [r for r in rows for _ in range(G)]
                 result = _rewards_for(run, trajs, group_rows)
@@ -79,7 +86,8 @@ def run(cfg: TrainConfig, run_dir: str) -> dict[str, Any]:
                 step += 1
                 run.pool.push_weights(run.trainer.export_state_dict(), version=step)
                 run.account(trajs)
-                m = {"step": step, **_step_metrics(trajs, result, metrics), **run.budget.metrics(),
+                m = {"step": step, **_step_metrics(trajs, result, metrics), **run.source.metrics(trajs),
+                     **run.budget.metrics(),
                      "time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/train_s": t3 - t2,
                      "time/sync_s": time.perf_counter() - t3,
                      "rollout/tokens_per_s": sum(t.num_sampled for t in trajs) / max(t1 - t0, 1e-9)}

@@ -1,5 +1,8 @@
 """`RolloutPool`: N `RolloutWorker` Ray actors, dynamic dispatch of prompt chunks, weight sync, recovery.
 
+`generate` samples completions of token prompts; `run_agent` plays multi-turn tool-use episodes
+(`rollout.agent`) of tasks. Both go through the same dispatch below.
+
 Dispatch: every prompt is repeated `group_size` times (GRPO groups); the B*G items, in
 (prompt_index, sample_index) order, are cut into chunks. Each worker holds at most
 `max_in_flight` chunks (so it never idles between two); the pool waits on whichever chunk finishes
@@ -133,10 +136,24 @@ class RolloutPool:
         seed: None derives one from the pool seed and a call counter (fresh samples every call,
         reproducible over a run).
         """
+        return self._dispatch("generate", prompts, params, group_size, seed)
+
+    def run_agent(self, tasks: Sequence, params: SamplingParams, group_size: int = 1, *, seed: int | None = None,
+                  agent_config=None) -> list[Trajectory]:
+        """`group_size` multi-turn tool-use episodes per task (`RolloutWorker.run_agent`), one trajectory
+        each, in (task_index, sample_index) order; chunking, seeds and recovery as in `generate`.
+
+        agent_config: a `rollout.agent.AgentConfig` (None = its defaults).
+        """
+        return self._dispatch("run_agent", tasks, params, group_size, seed, agent_config=agent_config)
+
+    def _dispatch(self, method: str, inputs: Sequence, params: SamplingParams, group_size: int,
+                  seed: int | None, **kwargs) -> list[Trajectory]:
+        """Fan the (input, sample) items out to the workers' `method` in chunks (module docstring)."""
         if seed is None:
             seed = self._seed * 1_000_003 + self._calls
         self._calls += 1
-        items = [(p, s) for p in range(len(prompts)) for s in range(group_size)]
+        items = [(p, s) for p in range(len(inputs)) for s in range(group_size)]
         size = self.chunk_size or max(1, -(-len(items) // (2 * len(self.workers))))
         chunks = [items[i: i + size] for i in range(0, len(items), size)]
         results: list[list[Trajectory] | None] = [None] * len(chunks)
@@ -148,9 +165,9 @@ class RolloutPool:
                 while pending and load[i] < self.max_in_flight:
                     c = pending.popleft()
                     chunk = chunks[c]
-                    ref = self.workers[i].generate.remote(
-                        [prompts[p] for p, _ in chunk], params, seed=seed * 100_003 + c,
-                        prompt_indices=[p for p, _ in chunk], sample_indices=[s for _, s in chunk])
+                    ref = getattr(self.workers[i], method).remote(
+                        [inputs[p] for p, _ in chunk], params, seed=seed * 100_003 + c,
+                        prompt_indices=[p for p, _ in chunk], sample_indices=[s for _, s in chunk], **kwargs)
                     in_flight[ref] = (i, c)
                     load[i] += 1
             ready, _ = ray.wait(list(in_flight), num_returns=1)

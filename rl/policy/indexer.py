@@ -73,12 +73,12 @@ def select_topk(scores: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Te
     B, T, S = scores.shape
     k_eff = min(k, S)
     masked = scores.float().masked_fill(~allowed, float("-inf"))
-    vals, idx = masked.topk(k_eff, dim=-1)  # (B, T, k_eff), values descending
-    threshold = vals[..., -1:]  # (B, T, 1): the k-th largest value
+    vals, idx = masked.topk(k_eff, dim=-1, sorted=False)  # (B, T, k_eff), any order
+    threshold = vals.amin(-1, keepdim=True)  # (B, T, 1): the k-th largest value
     # A row is ambiguous iff its threshold is a real score tied with an entry topk left out.
     left_out_ties = (masked == threshold).sum(-1, keepdim=True) > (vals == threshold).sum(-1, keepdim=True)
-    if bool((left_out_ties & (threshold > float("-inf"))).any()):
-        return _select_exact(masked, threshold, allowed, k)
+    if torch.compiler.is_compiling() or bool((left_out_ties & (threshold > float("-inf"))).any()):
+        return _select_exact(masked, threshold, allowed, k)  # (compiled: branch-free, no graph break)
     idx = torch.where(vals > float("-inf"), idx, S)  # not allowed -> S: sorts last, becomes -1
     idx = idx.sort(dim=-1).values
     idx = torch.where(idx < S, idx, -1)

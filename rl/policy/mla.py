@@ -187,7 +187,9 @@ class MLAttention(nn.Module):
         causal = key_pos[None, :] <= q_pos[:, None]  # (C, S)
         is_self = key_pos[None, :] == q_pos[:, None]
         allowed = causal & (ctx.key_valid[:, None, :] | is_self)
-        if q1 - q0 == S - ctx.start:  # one chunk holds every query: keep it (memory stays O(B C S))
+        # One chunk holds every query: keep it (memory stays O(B C S)); not under torch.compile,
+        # where the dict would add guards.
+        if q1 - q0 == S - ctx.start and not torch.compiler.is_compiling():
             ctx.allowed_memo[(q0, q1)] = allowed
         return allowed
 

@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from rl.config import register_configs, to_config
-from rl.setup import AgentSource
+from rl.setup import AgentSource, StartupError, build_run
 from rollout.types import Trajectory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +38,11 @@ def test_agent_experiment_composes() -> None:
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "name: env_verifier" in out.stdout and "tool_schema: compact" in out.stdout
+
+
+def test_bad_environment_stops_at_start_up(tmp_path: Path) -> None:
+    with pytest.raises(StartupError, match=r"^env: env.name='nope': use 'synth' or one of "):
+        build_run(_cfg([*TINY, "env.name=nope"]), str(tmp_path))
 
 
 class _Task:

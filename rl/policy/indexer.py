@@ -67,7 +67,7 @@ def select_topk(scores: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Te
 
     One `topk` gives the k-th largest value v and a candidate set. The set is already exact unless
     some score == v was left out (a tie across the boundary, which `topk` breaks arbitrarily): only
-    then is the exact rule (everything > v, then the lowest-index scores == v) applied. Positions
+    those rows get the exact rule (everything > v, then the lowest-index scores == v). Positions
     are put in ascending order by sorting the k chosen indices (not another pass over S).
     """
     B, T, S = scores.shape
@@ -77,13 +77,19 @@ def select_topk(scores: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Te
     threshold = vals.amin(-1, keepdim=True)  # (B, T, 1): the k-th largest value
     # A row is ambiguous iff its threshold is a real score tied with an entry topk left out.
     left_out_ties = (masked == threshold).sum(-1, keepdim=True) > (vals == threshold).sum(-1, keepdim=True)
-    if torch.compiler.is_compiling() or bool((left_out_ties & (threshold > float("-inf"))).any()):
-        return _select_exact(masked, threshold, allowed, k)  # (compiled: branch-free, no graph break)
+    ambiguous = (left_out_ties & (threshold > float("-inf"))).view(B * T)  # (B*T,)
+    if torch.compiler.is_compiling():  # branch-free (no graph break): the exact rule on every row
+        return _select_exact(masked, threshold, allowed, k)
     idx = torch.where(vals > float("-inf"), idx, S)  # not allowed -> S: sorts last, becomes -1
     idx = idx.sort(dim=-1).values
     idx = torch.where(idx < S, idx, -1)
     if k_eff < k:
         idx = torch.cat([idx, idx.new_full((B, T, k - k_eff), -1)], dim=-1)
+    if bool(ambiguous.any()):  # only those rows (a few % at random init, where ReLU zeros tie)
+        rows = ambiguous.nonzero().squeeze(-1)
+        exact = _select_exact(masked.view(B * T, S)[rows].unsqueeze(0), threshold.view(B * T, 1)[rows].unsqueeze(0),
+                              allowed.reshape(B * T, S)[rows].unsqueeze(0), k)  # (1, n, k)
+        idx = idx.view(B * T, k).index_copy(0, rows, exact[0]).view(B, T, k)
     return idx
 
 

@@ -1,0 +1,210 @@
+"""Our GRPO loop against TRL's ``GRPOTrainer``: seconds per step and held-out accuracy after N steps.
+
+Both sides start from the same cold-start policy (a ``save_pretrained`` directory with its tokenizer,
+e.g. the one ``python -m rl.train +experiment=math`` caches under ``$DSA_RL_CACHE/coldstart/<key>/``),
+loaded through ``AutoModelForCausalLM`` after ``import rl.policy``, and run N GRPO steps on CPU with
+the same data (the math experiment's synthesized set), reward (``rewards.builtin.math_correct``),
+B prompts x G completions per step, completion length, temperature 1, learning rate and warm-up.
+
+- **Ours**: ``python -m rl.train +experiment=math model.path=PATH budget.max_steps=N logger=none``
+  as a subprocess (Ray rollout worker + DeepSpeed ZeRO-0 trainer). Seconds per step: the mean of
+  ``time/rollout_s + time/reward_s + time/train_s + time/sync_s`` from ``history.jsonl``
+  (start-up and the loop's own held-out evaluations are not counted).
+- **TRL**: ``GRPOTrainer`` in this process (``use_cpu=True``, fp32, ``report_to="none"``).
+  Seconds per step: wall clock from ``on_train_begin`` to the end of the last optimizer step,
+  divided by N (model loading and trainer construction are not counted).
+
+Matched settings (ours -> TRL): advantages R - mean(R) with no std scaling -> ``scale_rewards="none"``;
+per-sequence token mean, then mean over sequences (``seq_mean_token_mean``) -> ``loss_type="grpo"``;
+clip 0.2 / 0.28 -> ``epsilon=0.2, epsilon_high=0.28``; no KL term -> ``beta=0.0``; grad clip 1.0;
+AdamW (torch defaults, weight decay 0) with linear warm-up ``(k + 1) / 5`` over the first 5 optimizer
+steps, then constant (the same ``LambdaLR`` object is handed to TRL); one RL step = B*G samples in
+mini-batches of 64 = 2 optimizer updates on both sides (TRL: ``per_device_train_batch_size=64``,
+``steps_per_generation=B*G/64``, ``max_steps=N*B*G/64``).
+
+Differences that remain (documented, not matched): ours also applies the V3.2 off-policy sequence
+mask, Keep Sampling Mask and Keep Routing (no-ops at temperature 1 / with no MoE drift on one step,
+nearly so here); TRL samples with ``transformers.generate`` in the training process, ours with its
+own KV-cache engine on a Ray worker; data order differs (both shuffle the same train split with
+seed 0); TRL's generation also stops at EOS.
+
+Held-out accuracy: each final policy is decoded greedily on the same first ``--test-size`` held-out
+problems with our ``RolloutEngine`` (the same decoding for both, ``--max-new-tokens`` tokens) and
+scored with ``math_correct``. The cold start is scored the same way for reference.
+
+The machine is shared: compare the ratio, and repeat on a quiet machine for absolute figures.
+``--threads T`` sets ``OMP_NUM_THREADS`` / torch threads for both sides.
+
+Run: python -m benchmarks.grpo_vs_trl --policy /tmp/e2e_cache/coldstart/b074d28a70fe1402 [--steps 10]
+Needs TRL (``pip install trl``, or the project's optional extra ``[trl]``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+MINI_BATCH = 64  # the math experiment's algorithm.mini_batch_size
+WARMUP = 5  # rl.config.AlgorithmConfig.warmup_steps (optimizer steps)
+DATA = dict(num_train=10000, num_test=1000, levels=[1, 2, 3, 4], seed=0, max_operand=20)
+
+
+def _data():
+    from rl.data import synth_math_dataset
+
+    return synth_math_dataset(DATA["num_train"], DATA["num_test"], DATA["levels"], DATA["seed"],
+                              max_operand=DATA["max_operand"])
+
+
+def heldout_accuracy(path: str | Path, test_size: int, max_new_tokens: int) -> float:
+    """Greedy accuracy of the policy saved at ``path`` on the first ``test_size`` held-out problems."""
+    import rl.policy  # noqa: F401  (registers the DSA classes with the Auto* factories)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rewards.builtin import math_correct
+    from rollout.engine import EngineConfig, RolloutEngine
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    test = _data()["test"].select(range(test_size))
+    engine = RolloutEngine(model, tok, EngineConfig(record_routes=False, record_topk=False, record_masks=False))
+    prompts = engine.encode([[{"role": "user", "content": p}] for p in test["prompt"]])
+    trajs = engine.generate_greedy(prompts, max_new_tokens)
+    scores = math_correct(list(test["prompt"]), [t.completion for t in trajs], answer=list(test["answer"]))
+    return sum(scores) / len(scores)
+
+
+def run_ours(args, out: Path, env: dict[str, str]) -> dict[str, float]:
+    """Our loop as a subprocess; returns seconds per step (mean and split) and the final policy dir."""
+    run_dir = out / "ours"
+    cmd = [sys.executable, "-m", "rl.train", "+experiment=math", f"model.path={args.policy}",
+           f"budget.max_steps={args.steps}", "budget.max_seconds=100000", "logger=none",
+           f"rollout.prompts_per_step={args.prompts}", f"algorithm.group_size={args.group}",
+           f"rollout.max_new_tokens={args.max_new_tokens}", f"algorithm.lr={args.lr}",
+           f"data.test_size={args.test_size}", "eval_every=100000", "checkpoint_every=100000",
+           f"hydra.run.dir={run_dir}"]
+    print("ours:", " ".join(cmd[1:]), flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"our run failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    steps = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
+    steps = [h for h in steps if "time/rollout_s" in h]
+    parts = {k: sum(h[f"time/{k}_s"] for h in steps) / len(steps) for k in ("rollout", "reward", "train", "sync")}
+    return {"s_per_step": sum(parts.values()), **parts, "steps": len(steps), "wall": wall,
+            "final": str(run_dir / "final")}
+
+
+def run_trl(args, out: Path) -> dict[str, float]:
+    """TRL's GRPOTrainer in this process; returns seconds per RL step and the final policy dir."""
+    import rl.policy  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rewards.builtin import math_correct
+    from rl.trainer import lr_factor
+
+    samples = args.prompts * args.group
+    if samples % MINI_BATCH:
+        sys.exit(f"B*G = {samples} must be a multiple of the mini-batch {MINI_BATCH}")
+    per_gen = samples // MINI_BATCH  # optimizer updates per RL step, as in ours
+    tok = AutoTokenizer.from_pretrained(args.policy)
+    model = AutoModelForCausalLM.from_pretrained(args.policy)
+    train = _data()["train"].map(lambda r: {"prompt": [{"role": "user", "content": r["prompt"]}]},
+                                 remove_columns=["solution", "level"])
+
+    def correct(prompts, completions, answer, **_):
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        users = [p[-1]["content"] if isinstance(p, list) else p for p in prompts]
+        return math_correct(users, texts, answer=answer)
+
+    cfg = GRPOConfig(
+        output_dir=str(out / "trl"), use_cpu=True, bf16=False, report_to="none", seed=0,
+        num_generations=args.group, per_device_train_batch_size=MINI_BATCH, steps_per_generation=per_gen,
+        gradient_accumulation_steps=1, max_completion_length=args.max_new_tokens, temperature=1.0,
+        top_p=1.0, top_k=0, learning_rate=args.lr, beta=0.0, loss_type="grpo", scale_rewards="none",
+        epsilon=0.2, epsilon_high=0.28, max_grad_norm=1.0, max_steps=args.steps * per_gen,
+        logging_steps=1, save_strategy="no", num_iterations=1, disable_dropout=True,
+        dataloader_num_workers=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: lr_factor(k, warmup_steps=WARMUP, schedule="constant", decay_steps=None, min_ratio=0.0))
+
+    marks: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            marks.append(time.perf_counter())
+
+        def on_step_end(self, *a, **k):
+            marks.append(time.perf_counter())
+
+    trainer = GRPOTrainer(model=model, reward_funcs=[correct], args=cfg, train_dataset=train,
+                          processing_class=tok, callbacks=[Clock()], optimizers=(opt, sched))
+    trainer.train()
+    per_rl = [marks[i + per_gen] - marks[i] for i in range(0, len(marks) - per_gen, per_gen)]
+    final = out / "trl" / "final"
+    trainer.model.save_pretrained(final)
+    tok.save_pretrained(final)
+    rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
+    return {"s_per_step": sum(per_rl) / len(per_rl), "steps": len(per_rl), "final": str(final),
+            "reward_mean": sum(rewards) / max(len(rewards), 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--policy", required=True,
+                    help="cold-start policy dir (save_pretrained + tokenizer), e.g. a cached "
+                         "$DSA_RL_CACHE/coldstart/<key> written by `python -m rl.train +experiment=math`")
+    ap.add_argument("--steps", type=int, default=10, help="GRPO steps N on each side")
+    ap.add_argument("--prompts", type=int, default=16, help="prompts per step B")
+    ap.add_argument("--group", type=int, default=8, help="completions per prompt G")
+    ap.add_argument("--max-new-tokens", type=int, default=40)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--test-size", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=0, help="torch/OMP threads for both sides (0: default)")
+    ap.add_argument("--out", default=None, help="output dir (default: a temporary dir)")
+    args = ap.parse_args()
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        sys.exit("TRL is not installed: `pip install trl` (or `pip install -e .[trl]`) to run this comparison")
+    if not (Path(args.policy) / "config.json").exists():
+        sys.exit(f"--policy {args.policy}: no config.json; run `python -m rl.train +experiment=math` once "
+                 "and pass its cached cold start ($DSA_RL_CACHE/coldstart/<key>)")
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        torch.set_num_threads(args.threads)
+    out = Path(args.out or tempfile.mkdtemp(prefix="grpo_vs_trl-"))
+    out.mkdir(parents=True, exist_ok=True)
+
+    acc0 = heldout_accuracy(args.policy, args.test_size, args.max_new_tokens)
+    ours = run_ours(args, out, env)
+    acc_ours = heldout_accuracy(ours["final"], args.test_size, args.max_new_tokens)
+    theirs = run_trl(args, out)
+    acc_trl = heldout_accuracy(theirs["final"], args.test_size, args.max_new_tokens)
+
+    print(f"\nGRPO, {args.steps} steps x {args.prompts} prompts x {args.group} completions, "
+          f"{args.max_new_tokens} new tokens, lr {args.lr}, CPU threads {torch.get_num_threads()}; "
+          f"held-out greedy accuracy on {args.test_size} problems (cold start {acc0:.3f})")
+    print(f"{'':<8}{'s/step':>9}{'rollout':>9}{'reward':>8}{'train':>8}{'sync':>7}{'accuracy':>10}")
+    print(f"{'ours':<8}{ours['s_per_step']:>9.2f}{ours['rollout']:>9.2f}{ours['reward']:>8.2f}"
+          f"{ours['train']:>8.2f}{ours['sync']:>7.2f}{acc_ours:>10.3f}")
+    print(f"{'TRL':<8}{theirs['s_per_step']:>9.2f}{'':>9}{'':>8}{'':>8}{'':>7}{acc_trl:>10.3f}")
+    ratio = ours["s_per_step"] / theirs["s_per_step"]
+    ok = ratio <= 0.5 and acc_ours >= acc_trl
+    print(f"time ratio ours/TRL {ratio:.2f} (goal <= 0.50), accuracy {acc_ours - acc_trl:+.3f} vs TRL "
+          f"(goal >= 0): {'met' if ok else 'NOT met'}; outputs in {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -16,10 +16,12 @@ from shapes only, so replaying a selection runs the same arithmetic:
   after attending.
 - "absorbed": the same absorbed form over all S latents, logits of unselected keys -inf. Used when
   every key fits in k (then it is exactly dense causal attention and the indexer is skipped unless
-  its output or loss is asked for) and when k per query is a large part of S.
-- "expanded" (training / prefill chunks of many queries): K and V decompressed per head once per
+  its output or loss is asked for), when k per query is a large part of S, and for mid-sized calls.
+- "expanded" (training / prefill calls of many queries): K and V decompressed per head once per
   call (classic MLA, as dense mode), logits of unselected keys -inf. Per-head scores over
-  dn + dr dims instead of kv_lora + dr: cheaper once a chunk has more queries than ~kv_lora.
+  dn + dr dims instead of kv_lora + dr: cheaper once a call has more queries than ~kv_lora
+  (exact rule in `attention_path`). Results agree with the other paths to float rounding (~1e-6),
+  and with themselves across query-chunk sizes to the same rounding.
 Dense mode (`attention_mode="dense"`) is classic MLA over all allowed keys: the test oracle and the
 mode of the dense indexer warm-up.
 
@@ -30,7 +32,9 @@ parameter in forward and backward without help.
 
 Memory bound of one layer's prefill: queries are processed in chunks of C = attention_chunk_size
 rows; per chunk the largest tensors are the indexer logits (B, C, H_I, S) fp32 and the attention
-scores (B, H, C, S) (masked path) or the gathered latents (B, C, k, kv_lora + dr): all O(B C S).
+scores (B, H, C, S) (absorbed / expanded paths) or the gathered latents (B, C, k, kv_lora + dr): all
+O(B C S). The expanded path also holds the decompressed K/V (B, S, H, dn + dv) for the whole call,
+which it only takes when dn + dv <= C, so that stays within the O(B H C S) of the scores.
 """
 from __future__ import annotations
 

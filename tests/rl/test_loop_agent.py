@@ -20,7 +20,7 @@ TINY = ["+experiment=agent", "env.num_envs=40", "env.max_turns=2", "env.test_fra
         "coldstart.sft_steps=4", "coldstart.batch_size=4", "coldstart.indexer_warmup_steps=1",
         "coldstart.sparse_steps=1", "data.test_size=2", "rollout.prompts_per_step=2",
         "rollout.max_new_tokens=16", "algorithm.group_size=2", "algorithm.mini_batch_size=4",
-        "algorithm.micro_batch_size=4", "budget=smoke", "logger=none", "logger.progress=false"]
+        "algorithm.micro_batch_size=4", "budget.max_steps=2", "budget.max_seconds=null", "logger=none", "logger.progress=false"]
 register_configs()
 
 

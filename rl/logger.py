@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -81,11 +82,29 @@ def _is_nan(v: Any) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
 
+class MultiLogger:
+    """Sends every call to several loggers."""
+
+    def __init__(self, *loggers: Logger) -> None:
+        self.loggers = loggers
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        for lg in self.loggers:
+            lg.log(metrics, step)
+
+    def finish(self) -> None:
+        for lg in self.loggers:
+            lg.finish()
+
+
 def make_logger(cfg: LoggerConfig, run_dir: str, name: str, config: dict[str, Any]) -> Logger:
-    """The logger the config asks for."""
+    """The logger the config asks for. When stdout is not a terminal (a Ray job's or Slurm's log
+    file), the console lines are printed too, since no progress bar is drawn there."""
+    console = ConsoleLogger(cfg.log_every)
     if cfg.kind == "none":
-        return ConsoleLogger(cfg.log_every)
-    return WandbLogger(cfg.project, cfg.mode, run_dir, name, config, cfg.log_every)
+        return console
+    wandb_logger = WandbLogger(cfg.project, cfg.mode, run_dir, name, config, cfg.log_every)
+    return wandb_logger if sys.stdout.isatty() else MultiLogger(wandb_logger, console)
 
 
 def make_progress(enabled: bool = True) -> Progress:

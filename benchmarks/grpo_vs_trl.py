@@ -36,7 +36,8 @@ scored with ``math_correct``. The cold start is scored the same way for referenc
 
 The table gives the median and the mean seconds per step and the mean split; the ratio is taken on
 the medians, which a shared machine's stalls (other jobs) disturb least. The machine is shared: compare the ratio, and repeat on a quiet machine for absolute figures.
-``--threads T`` sets ``OMP_NUM_THREADS`` / torch threads for both sides.
+``--threads T`` sets ``OMP_NUM_THREADS`` / torch threads for both sides; both run with
+``OMP_WAIT_POLICY=PASSIVE`` (``rl.train`` sets it; so does this script, for the TRL side).
 
 Run: python -m benchmarks.grpo_vs_trl --policy /tmp/e2e_cache/coldstart/b074d28a70fe1402 [--steps 10]
 Needs TRL (``pip install trl``, or the project's optional extra ``[trl]``).
@@ -52,6 +53,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+# As rl.train does: idle OpenMP threads sleep instead of spinning. Without it the TRL side (in this
+# process) slowed 3-10x on the shared two cores whenever another job ran; set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 

@@ -168,6 +168,11 @@ def make_trainer(policy: Callable[[], torch.nn.Module], *, num_processes: int, c
     if num_processes == 1:
         from rl.trainer import Trainer
 
+        if not torch.distributed.is_initialized():
+            # The run's driver is rank 0 of 1 (multi-process runs use Ray actors, never a launcher):
+            # rank variables inherited from a parent process (a test runner, a job's environment)
+            # must not pick its rendezvous port, which that parent may still hold.
+            set_rank_env(0, 1, 0, "127.0.0.1", free_port())
         return Trainer(policy=policy, **trainer_kwargs)
     return TrainerGroup(num_processes, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
                         actor_options=actor_options, policy=policy, **trainer_kwargs)

@@ -36,7 +36,8 @@ scored with ``math_correct``. The cold start is scored the same way for referenc
 
 The table gives the median and the mean seconds per step and the mean split; the ratio is taken on
 the medians, which a shared machine's stalls (other jobs) disturb least. The machine is shared: compare the ratio, and repeat on a quiet machine for absolute figures.
-``--threads T`` sets ``OMP_NUM_THREADS`` / torch threads for both sides; both run with
+``--threads T`` sets ``OMP_NUM_THREADS`` (both sides) and this process's torch threads (TRL); our Ray
+rollout worker keeps its own ``torch.set_num_threads(num_cpus_per_worker)``. Both run with
 ``OMP_WAIT_POLICY=PASSIVE`` (``rl.train`` sets it; so does this script, for the TRL side).
 
 Run: python -m benchmarks.grpo_vs_trl --policy /tmp/e2e_cache/coldstart/b074d28a70fe1402 [--steps 10]

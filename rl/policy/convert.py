@@ -52,7 +52,7 @@ from transformers.models.llama.modeling_llama import (
 
 from rl.policy.cache import DSACache
 from rl.policy.flops import ForwardCost
-from rl.policy.indexer import LightningIndexer, index_scores, indices_to_mask, select_topk
+from rl.policy.indexer import LightningIndexer, chunk_selection, index_scores, indices_to_mask
 from rl.policy.indexer_loss import freeze_all_but_indexer, indexer_kl
 from rl.policy.layers import rope_cos_sin
 from rl.policy.modeling import DSACausalLMOutput
@@ -192,10 +192,7 @@ class DSALlamaAttention(nn.Module):
             scores_i = index_scores(iq[:, q0:q1], keys_f, iw[:, q0:q1]) if run_indexer else None  # (B, C, S)
             sel = None
             if ctx.mode == "sparse":
-                if topk_indices is not None:
-                    sel = topk_indices[:, q0:q1]
-                elif need_selection:
-                    sel = select_topk(scores_i, allowed, self.topk)  # (B, C, k)
+                sel = chunk_selection(topk_indices, q0, q1, scores_i, allowed, self.topk, need_selection)  # (B, C, k)
                 if sel is not None and ctx.want_topk:
                     sels.append(sel)
             mask = allowed if sel is None else allowed & indices_to_mask(sel, S)

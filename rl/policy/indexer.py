@@ -110,6 +110,18 @@ def _select_exact(masked: torch.Tensor, threshold: torch.Tensor, allowed: torch.
     return out[..., :k]
 
 
+def chunk_selection(replay: torch.Tensor | None, q0: int, q1: int, scores: torch.Tensor | None,
+                    allowed: torch.Tensor, k: int, compute: bool) -> torch.Tensor | None:
+    """The selected keys of query rows q0:q1: the replayed selection when one is given (B, T, k),
+    else `select_topk(scores, allowed, k)` when `compute`, else None (every allowed key is used).
+
+    scores, allowed: (B, q1 - q0, S). Returns (B, q1 - q0, k) or None. Shared by every attention
+    that runs DSA, so replay and selection follow one rule."""
+    if replay is not None:
+        return replay[:, q0:q1]
+    return select_topk(scores, allowed, k) if compute else None
+
+
 def indices_to_mask(idx: torch.Tensor, num_keys: int) -> torch.Tensor:
     """(B, T, k) positions with -1 padding -> (B, T, num_keys) bool mask of the selected positions."""
     B, T, _ = idx.shape

@@ -46,7 +46,7 @@ from torch import nn
 
 from rl.policy.cache import DSACache
 from rl.policy.configuration import DSAConfig
-from rl.policy.indexer import LightningIndexer, index_scores, indices_to_mask, select_topk
+from rl.policy.indexer import LightningIndexer, chunk_selection, index_scores, indices_to_mask
 from rl.policy.indexer_loss import indexer_kl
 from rl.policy.layers import RMSNorm, apply_rope
 
@@ -282,10 +282,7 @@ class MLAttention(nn.Module):
                     scores_i = index_scores(index_q[:, q0:q1], keys_f, index_w[:, q0:q1])  # (B, C, S)
             sel = None
             if ctx.mode == "sparse":
-                if topk_indices is not None:
-                    sel = topk_indices[:, q0:q1]
-                elif need_selection:
-                    sel = select_topk(scores_i, allowed, self.topk)  # (B, C, k)
+                sel = chunk_selection(topk_indices, q0, q1, scores_i, allowed, self.topk, need_selection)  # (B, C, k)
                 if sel is not None and ctx.want_topk:
                     sels.append(sel)
             if path == "gather":

@@ -93,3 +93,15 @@ def test_select_topk_continuous_scores_match_brute_force() -> None:
             for t in range(9):
                 want = brute_topk(scores[b, t].tolist(), allowed[b, t].tolist(), k)
                 assert got[b, t].tolist() == want + [-1] * (k - len(want))
+
+
+def test_chunk_selection_replays_or_selects() -> None:
+    from rl.policy.indexer import chunk_selection
+
+    scores = torch.tensor([[[0.0, 3.0, 1.0], [2.0, 2.0, 5.0]]])  # (B=1, C=2, S=3)
+    allowed = torch.ones(1, 2, 3, dtype=torch.bool)
+    replay = torch.tensor([[[9, 8], [7, 6], [5, 4]]])  # (B, T=3, k=2)
+    assert chunk_selection(replay, 1, 3, scores, allowed, 2, True).tolist() == [[[7, 6], [5, 4]]]
+    assert chunk_selection(None, 0, 2, scores, allowed, 2, False) is None
+    # top-2 by hand, ascending positions: row 0 -> {1, 2}; row 1 -> {2} and the tie 0/1 goes to 0.
+    assert chunk_selection(None, 0, 2, scores, allowed, 2, True).tolist() == [[[1, 2], [0, 2]]]

@@ -5,9 +5,14 @@ Tiny preset (embedded tokenizer's vocabulary), batch 64, prompts of 32 tokens, 1
 In-process rows run with one intra-op thread and are timed in CPU seconds of this process
 (`time.process_time`), which stays meaningful on a shared, loaded machine; wall seconds are shown
 too. Ray rows are timed in wall seconds (their CPU time is in the worker processes); each Ray
-worker has one CPU and one thread. Best of `--repeats` runs.
+worker has one CPU and one thread. Each row is the best of `--repeats` rounds, and the rounds
+interleave the rows, so a change of machine load hits every row alike.
 
-    python benchmarks/rollout.py [--compile] [--repeats 3] [--no-ray]
+`--compile` adds the engine with its `torch.compile`d decode step and sampler (`EngineConfig(compile=
+True)`); the one-time compile (about a minute per configuration on two cores, less when inductor's
+on-disk cache holds the graphs) is printed and not counted in the rows.
+
+    python -m benchmarks.rollout [--compile] [--repeats 3] [--no-ray]
 """
 from __future__ import annotations
 
@@ -53,7 +58,7 @@ def plain_loop(model, ids, params) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="also time the torch.compile'd decode step")
     ap.add_argument("--no-ray", action="store_true")
     args = ap.parse_args()
@@ -73,21 +78,41 @@ def main() -> None:
                                  temperature=0.8, top_k=20, top_p=0.9, pad_token_id=tok.pad_token_id)
         assert out.shape == (B, P + N)
 
-    def engine_row(name: str, **kw) -> None:
+    def engine(**kw):
         eng = RolloutEngine(model, tok, EngineConfig(**kw))
+        c = time.process_time()
         eng.generate(prompts[:8], params)  # warm-up (and the compile, when asked)
-        rows.append((name, *best(lambda: eng.generate(prompts, params, seed=0), args.repeats)))
+        eng.generate(prompts, params)
+        if kw.get("compile"):
+            print(f"compile + warm-up ({kw}): {time.process_time() - c:.0f} s CPU", flush=True)
+        return lambda: eng.generate(prompts, params, seed=0)
 
-    rows.append(("transformers generate()", *best(hf, args.repeats)))
-    with torch.no_grad():
-        rows.append(("plain loop (forward + sample)", *best(lambda: plain_loop(model, ids, params), args.repeats)))
-    engine_row("engine, no records", record_masks=False, record_routes=False)
-    engine_row("engine + masks", record_masks=True, record_routes=False)
-    engine_row("engine + masks + routes", record_masks=True, record_routes=True)
-    engine_row("engine + masks + routes + DSA selections", record_masks=True, record_routes=True, record_topk=True)
+    def plain() -> None:
+        with torch.no_grad():
+            plain_loop(model, ids, params)
+
+    configs = [
+        ("transformers generate()", hf),
+        ("plain loop (forward + sample)", plain),
+        ("engine, no records", engine(record_masks=False, record_routes=False)),
+        ("engine + masks", engine(record_masks=True, record_routes=False)),
+        ("engine + masks + routes", engine(record_masks=True, record_routes=True)),
+        ("engine + masks + routes + DSA selections", engine(record_masks=True, record_routes=True, record_topk=True)),
+    ]
     if args.compile:
-        engine_row("engine compiled, no records", record_masks=False, record_routes=False, compile=True)
-        engine_row("engine compiled + masks + routes", record_masks=True, record_routes=True, compile=True)
+        configs += [
+            ("compiled engine, no records", engine(record_masks=False, record_routes=False, compile=True)),
+            ("compiled engine + masks", engine(record_masks=True, record_routes=False, compile=True)),
+            ("compiled engine + masks + routes", engine(record_masks=True, record_routes=True, compile=True)),
+            ("compiled + masks + routes + DSA selections",
+             engine(record_masks=True, record_routes=True, record_topk=True, compile=True)),
+        ]
+    # Rounds interleave the configurations, so a change of machine load hits all of them alike.
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in configs}
+    for _ in range(args.repeats):
+        for name, fn in configs:
+            runs[name].append(best(fn, 1))
+    rows += [(name, *min(runs[name])) for name, _ in configs]
     if not args.no_ray:
         import ray
 
@@ -112,10 +137,11 @@ def main() -> None:
         ratio = f"{base / cpu:12.2f}x" if cpu is not None else f"{'-':>13s}"
         print(f"| {name:44s} | {tps_cpu} | {B * N / wall:12.0f} | {ratio} |")
     by = {name: cpu for name, cpu, _ in rows}
-    plain = by["engine, no records"]
-    for name in ("engine + masks", "engine + masks + routes", "engine + masks + routes + DSA selections"):
-        print(f"recording cost, {name[9:]}: {100 * (by[name] / plain - 1):+.1f}% of rollout time")
-
+    for prefix in ("engine", "compiled engine") if args.compile else ("engine",):
+        plain = by[f"{prefix}, no records"]
+        for rec in ("masks", "masks + routes", "masks + routes + DSA selections"):
+            name = f"{prefix} + {rec}" if f"{prefix} + {rec}" in by else f"compiled + {rec}"
+            print(f"recording cost, {prefix} + {rec}: {100 * (by[name] / plain - 1):+.1f}% of rollout time")
 
 if __name__ == "__main__":
     main()

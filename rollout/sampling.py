@@ -80,23 +80,37 @@ def _truncate(x: torch.Tensor, top_k: int, top_p: float):
     """Apply top-k then top-p to scaled logits x (B, V).
 
     Returns (keep (B, V) bool or None, nucleus) where nucleus is None without top-p, else
-    (cum (B, V) cumulative sorted probabilities of the top-k distribution, order (B, V) the sorted
-    ids, n_kept (B, 1) size of the kept prefix)."""
+    (cum (B, n) cumulative sorted probabilities of the top-k distribution, order (B, n) the sorted
+    ids, n_kept (B, 1) size of the kept prefix, sorted_x (B, n) their scaled logits), n = V, or
+    n = k when no id ties with the k-th largest value."""
     V = x.shape[-1]
     keep = None
     if 0 < top_k < V:
-        kth = x.topk(top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest value
-        keep = x >= kth
+        vals, order = x.topk(top_k, dim=-1)  # (B, k), sorted descending
+        keep = x >= vals[:, -1:]  # every id tied with the k-th largest value is kept too
+        if top_p >= 1.0:
+            return keep, None
+        if not bool((keep.sum(-1) > top_k).any()):
+            # No tie across the k-th value: the top-k ids are the whole set, already sorted, so the
+            # nucleus needs k entries instead of a sort of all V (the same sets, ~3x faster here).
+            return _nucleus(vals, order, top_p, x.shape)
     if top_p >= 1.0:
         return keep, None
     xk = x if keep is None else x.masked_fill(~keep, float("-inf"))
     sorted_x, order = xk.sort(dim=-1, descending=True)
-    cum = torch.softmax(sorted_x, dim=-1).cumsum(-1)  # (B, V)
+    keep_p, nucleus = _nucleus(sorted_x, order, top_p, x.shape)
+    return (keep_p if keep is None else keep & keep_p), nucleus
+
+
+def _nucleus(sorted_x: torch.Tensor, order: torch.Tensor, top_p: float, shape: torch.Size):
+    """Top-p over candidates sorted by decreasing scaled logit: sorted_x, order (B, n) (n <= V;
+    ids outside the n candidates have probability 0). Returns (keep (B, V) bool, (cum (B, n),
+    order (B, n), n_kept (B, 1), sorted_x))."""
+    cum = torch.softmax(sorted_x, dim=-1).cumsum(-1)  # (B, n)
     before = torch.nn.functional.pad(cum[:, :-1], (1, 0))  # mass strictly before each sorted id
     keep_sorted = before < top_p  # a prefix; the first id (nothing before it) is always kept
-    keep_p = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
-    keep = keep_p if keep is None else keep & keep_p
-    return keep, (cum, order, keep_sorted.sum(-1, keepdim=True))
+    keep = torch.zeros(shape, dtype=torch.bool, device=sorted_x.device).scatter_(-1, order, keep_sorted)
+    return keep, (cum, order, keep_sorted.sum(-1, keepdim=True), sorted_x)
 
 
 def kept_set(x: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor | None:
@@ -121,20 +135,29 @@ def sample_next(
     in the cumulative probabilities (sorted ones when top-p already sorted them): the first id
     whose cumulative mass reaches u has positive probability and is kept, always.
     """
+    u = None if params.greedy else 1.0 - torch.rand(logits.shape[0], 1, generator=generator, device=logits.device)
+    return sample_with(logits, u, params)
+
+
+def sample_with(
+    logits: torch.Tensor, u: torch.Tensor | None, params: SamplingParams
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """`sample_next` given its uniform draws u (B, 1) in (0, 1] (None when greedy): a pure function
+    of its inputs (no generator), so `torch.compile` can fuse it."""
     x = logits.float() / params.temperature  # (B, V)
     if params.greedy:
         tok = x.argmax(-1, keepdim=True)
         return tok.squeeze(-1), (x.gather(-1, tok) - torch.logsumexp(x, dim=-1, keepdim=True)).squeeze(-1), None
-    u = 1.0 - torch.rand(x.shape[0], 1, generator=generator, device=x.device)  # (B, 1) in (0, 1]
     keep, nucleus = _truncate(x, params.top_k, params.top_p)
+    if nucleus is not None:  # everything from the sorted candidates (the kept set is a prefix of them)
+        cum, order, n_kept, sorted_x = nucleus
+        idx = torch.searchsorted(cum, u * cum.gather(-1, n_kept - 1))  # (B, 1), inside the kept prefix
+        prefix = torch.arange(sorted_x.shape[-1], device=x.device) < n_kept  # (B, n)
+        lse = torch.logsumexp(sorted_x.masked_fill(~prefix, float("-inf")), dim=-1, keepdim=True)
+        return order.gather(-1, idx).squeeze(-1), (sorted_x.gather(-1, idx) - lse).squeeze(-1), keep
     if keep is not None:
         x = x.masked_fill(~keep, float("-inf"))
-    if nucleus is not None:
-        cum, order, n_kept = nucleus
-        idx = torch.searchsorted(cum, u * cum.gather(-1, n_kept - 1))  # (B, 1), inside the kept prefix
-        tok = order.gather(-1, idx)
-    else:
-        cum = torch.softmax(x, dim=-1).cumsum(-1)  # (B, V)
-        tok = torch.searchsorted(cum, u * cum[:, -1:]).clamp(max=x.shape[-1] - 1)
+    cum = torch.softmax(x, dim=-1).cumsum(-1)  # (B, V)
+    tok = torch.searchsorted(cum, u * cum[:, -1:]).clamp(max=x.shape[-1] - 1)
     lp = x.gather(-1, tok) - torch.logsumexp(x, dim=-1, keepdim=True)
     return tok.squeeze(-1), lp.squeeze(-1), keep

@@ -73,13 +73,13 @@ def select_topk(scores: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Te
     B, T, S = scores.shape
     k_eff = min(k, S)
     masked = scores.float().masked_fill(~allowed, float("-inf"))
+    if torch.compiler.is_compiling():  # branch-free (no graph break): the exact rule on every row
+        return _select_keyed(masked, allowed, k)
     vals, idx = masked.topk(k_eff, dim=-1, sorted=False)  # (B, T, k_eff), any order
     threshold = vals.amin(-1, keepdim=True)  # (B, T, 1): the k-th largest value
     # A row is ambiguous iff its threshold is a real score tied with an entry topk left out.
     left_out_ties = (masked == threshold).sum(-1, keepdim=True) > (vals == threshold).sum(-1, keepdim=True)
     ambiguous = (left_out_ties & (threshold > float("-inf"))).view(B * T)  # (B*T,)
-    if torch.compiler.is_compiling():  # branch-free (no graph break): the exact rule on every row
-        return _select_exact(masked, threshold, allowed, k)
     idx = torch.where(vals > float("-inf"), idx, S)  # not allowed -> S: sorts last, becomes -1
     idx = idx.sort(dim=-1).values
     idx = torch.where(idx < S, idx, -1)
@@ -90,6 +90,26 @@ def select_topk(scores: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Te
         exact = _select_exact(masked.view(B * T, S)[rows].unsqueeze(0), threshold.view(B * T, 1)[rows].unsqueeze(0),
                               allowed.reshape(B * T, S)[rows].unsqueeze(0), k)  # (1, n, k)
         idx = idx.view(B * T, k).index_copy(0, rows, exact[0]).view(B, T, k)
+    return idx
+
+
+def _select_keyed(masked: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Tensor:
+    """The exact rule of `select_topk` in one `topk`, without branches (what runs under
+    `torch.compile`): each score becomes a unique int64 key, its float order in the high 32 bits
+    (the sign-magnitude bit pattern mapped to a two's-complement order; -0.0 counted as +0.0) and
+    S - 1 - position in the low bits, so equal scores rank the lower position first.
+    masked: (B, T, S) fp32 with -inf outside `allowed`. Returns (B, T, k) as select_topk."""
+    B, T, S = masked.shape
+    k_eff = min(k, S)
+    bits = (masked + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # int32 order == float order
+    pos = torch.arange(S, device=masked.device)
+    key = ordered.to(torch.int64) * (1 << 32) + (S - 1 - pos)  # (B, T, S), all distinct
+    idx = key.topk(k_eff, dim=-1, sorted=False).indices  # (B, T, k_eff)
+    idx = torch.where(allowed.gather(-1, idx), idx, S).sort(dim=-1).values  # not allowed -> S: last
+    idx = torch.where(idx < S, idx, -1)
+    if k_eff < k:
+        idx = torch.cat([idx, idx.new_full((B, T, k - k_eff), -1)], dim=-1)
     return idx
 
 

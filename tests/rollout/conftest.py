@@ -13,9 +13,10 @@ from rl.policy import DSAConfig, DSAForCausalLM
 from rl.policy.tokenizer import load_tokenizer
 
 
-def tiny_config(tok) -> DSAConfig:
-    return DSAConfig.from_preset("tiny", vocab_size=len(tok), index_topk=8, initializer_range=0.1,
-                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+def tiny_config(tok, **overrides) -> DSAConfig:
+    return DSAConfig.from_preset("tiny", **{"vocab_size": len(tok), "index_topk": 8, "initializer_range": 0.1,
+                                            "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+                                            **overrides})
 
 
 def tiny_model(tok, seed: int = 0) -> DSAForCausalLM:

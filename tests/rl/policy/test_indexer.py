@@ -105,3 +105,22 @@ def test_chunk_selection_replays_or_selects() -> None:
     assert chunk_selection(None, 0, 2, scores, allowed, 2, False) is None
     # top-2 by hand, ascending positions: row 0 -> {1, 2}; row 1 -> {2} and the tie 0/1 goes to 0.
     assert chunk_selection(None, 0, 2, scores, allowed, 2, True).tolist() == [[[1, 2], [0, 2]]]
+
+
+def test_keyed_selection_is_the_exact_rule() -> None:
+    """The branch-free rule used under torch.compile: heavy ties, -0.0 == +0.0, padding, k > S."""
+    from rl.policy.indexer import _select_keyed
+
+    g = torch.Generator().manual_seed(2)
+    scores = torch.randint(-2, 3, (3, 5, 20), generator=g).float()
+    scores[0, 0, :10] = -0.0  # equal to +0.0: ties broken by position only
+    scores[0, 0, 10:] = 0.0
+    allowed = torch.rand(3, 5, 20, generator=g) > 0.3
+    masked = scores.masked_fill(~allowed, float("-inf"))
+    for k in (1, 4, 9, 25):
+        got = _select_keyed(masked, allowed, k)
+        assert torch.equal(got, select_topk(scores, allowed, k))
+        for b in range(3):
+            for t in range(5):
+                want = brute_topk(scores[b, t].tolist(), allowed[b, t].tolist(), k)
+                assert got[b, t].tolist() == want + [-1] * (k - len(want))

@@ -37,12 +37,14 @@ def load_tasks(cfg: Any, seed: int = 0) -> tuple[list[Task], list[Task]]:
     return [Task.from_row(r) for r in ds["train"]], [Task.from_row(r) for r in ds["test"]]
 
 
-def cold_start_examples(tasks: list[Task], tokenizer: Any, agent_config: Any = None
-                        ) -> list[tuple[list[int], list[int]]]:
-    """SFT examples ``(ids, loss_mask)`` from the reference solutions (mask 1 on assistant turns)."""
+def cold_start_examples(tasks: list[Task], tokenizer: Any, agent_config: Any = None, stop_early: float = 0.0,
+                        seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    """SFT examples ``(ids, loss_mask)`` from the reference solutions (mask 1 on assistant turns);
+    ``stop_early`` > 0: the imperfect teacher (``envs.policies.reference_policy``)."""
     from envs.policies import demonstrations
 
-    return [(t.tokens.tolist(), t.loss_mask.long().tolist()) for t in demonstrations(tasks, tokenizer, agent_config)]
+    return [(t.tokens.tolist(), t.loss_mask.long().tolist())
+            for t in demonstrations(tasks, tokenizer, agent_config, stop_early, seed)]
 
 
 def solvable(tasks: list[Task], engine: Any, params: Any, k: int, agent_config: Any = None,

@@ -7,14 +7,24 @@ and returns the *token ids of that text* (plus ``<|end|>``) as a sampled continu
 (log-probabilities 0, i.e. probability 1). Policies:
 
 - :func:`reference_policy`: replays each task's reference solution, one tool call per turn, with a
-  short reasoning (scores 100% when the loop and environments are right);
+  short reasoning (scores 100% when the loop and environments are right); with ``stop_early`` it
+  is the *imperfect teacher* of the cold start (below);
 - :func:`no_tool_policy`: answers at once without tools (scores near 0).
 
 :func:`demonstrations` runs the reference policy through the real loop: the trajectories' tokens
 and loss masks are ready-made cold-start (SFT) examples.
+
+The imperfect teacher (the tool-use counterpart of ``rl.coldstart.teacher_response``): in V3.2's
+synthesis each difficulty level adds a constraint or a hop to the level below it. On a task above
+level 1, with probability ``stop_early``, the teacher drops the last one: it plays the reference
+solution of the task one level easier over the same database (``Family.compose(data, rng,
+level - 1)``), e.g. sums the quantity over all rows where the question asks for one category, so
+its answer is wrong. The student imitates that habit; RL can then find the full solution, which
+sampling still produces now and then. Level-1 tasks are always solved right.
 """
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,9 +79,27 @@ class ScriptedEngine:
         return out
 
 
-def reference_policy(tasks: Sequence[Any]) -> Respond:
-    """Replay each task's reference solution, one call per turn (tasks keyed by their prompt)."""
-    refs = {t.prompt: t.reference for t in tasks}
+def weak_reference(task: Any) -> list[dict[str, Any]] | None:
+    """The imperfect teacher's solution of ``task``: the reference of the same family's task one
+    level easier over the same database (None at level 1). Seeded by ``task.seed``."""
+    if task.difficulty <= 1:
+        return None
+    from envs.registry import get_family
+
+    return get_family(task.family).compose(task.data, random.Random(task.seed), task.difficulty - 1).reference
+
+
+def reference_policy(tasks: Sequence[Any], stop_early: float = 0.0, seed: int = 0) -> Respond:
+    """Replay each task's reference solution, one call per turn (tasks keyed by their prompt).
+
+    stop_early: probability that a task above level 1 gets the imperfect teacher's solution
+    (:func:`weak_reference`) instead; drawn once per task with ``random.Random(seed)``, in order.
+    """
+    rng = random.Random(seed)
+    refs = {}
+    for t in tasks:
+        weak = weak_reference(t) if stop_early > 0 and t.difficulty > 1 and rng.random() < stop_early else None
+        refs[t.prompt] = weak or t.reference
 
     def respond(user: str, turn: int, results: list[str]) -> str:
         ref = refs.get(user)
@@ -89,13 +117,27 @@ def no_tool_policy(answer: str = "42") -> Respond:
     return lambda user, turn, results: format_turn("I will answer directly.", answer)
 
 
-def demonstrations(tasks: Sequence[Any], tokenizer: Any, config: Any = None) -> list[Trajectory]:
-    """Cold-start examples: the reference policy through ``rollout.agent.run_agent``.
+def _trusted_env(task: Any, **kw: Any) -> Any:
+    """``envs.registry.make_env``, but code tasks run in-process (``trusted_executor``): the teacher's
+    scripts are the generator's own, so the sandbox's per-program start-up is not needed."""
+    from envs.registry import make_env
+    from envs.synth.code import CodeEnv, trusted_executor
+
+    env = make_env(task, **kw)
+    if isinstance(env, CodeEnv):
+        env.executor = trusted_executor
+    return env
+
+
+def demonstrations(tasks: Sequence[Any], tokenizer: Any, config: Any = None, stop_early: float = 0.0,
+                   seed: int = 0) -> list[Trajectory]:
+    """Cold-start examples: the reference policy (the imperfect teacher when ``stop_early`` > 0)
+    through ``rollout.agent.run_agent``; code runs in-process (our own scripts).
 
     Each trajectory's ``tokens`` / ``loss_mask`` (True on the assistant turns) is one SFT example;
-    ``info["env_reward"]`` is 1 for all of them (checked by the tests).
+    with ``stop_early=0``, ``info["env_reward"]`` is 1 for all of them (checked by the tests).
     """
     from rollout.agent import run_agent
 
-    engine = ScriptedEngine(tokenizer, reference_policy(tasks))
-    return run_agent(engine, tasks, SamplingParams(max_new_tokens=4096), config)
+    engine = ScriptedEngine(tokenizer, reference_policy(tasks, stop_early, seed))
+    return run_agent(engine, tasks, SamplingParams(max_new_tokens=4096), config, make_env=_trusted_env)

@@ -1,0 +1,46 @@
+"""envs.policies: the imperfect teacher of the agent cold start (``weak_reference``, ``stop_early``)."""
+from __future__ import annotations
+
+import pytest
+
+from envs.data import cold_start_examples
+from envs.policies import demonstrations, weak_reference
+from envs.synth.pipeline import synthesize
+from rl.policy.tokenizer import load_tokenizer
+from rollout.agent import AgentConfig
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def code_tasks():
+    tasks, _ = synthesize(8, seed=3, families=["code"], levels=(1, 2))
+    return tasks
+
+
+def test_weak_reference_drops_the_last_constraint(code_tasks):
+    """Code level 2 asks for one category's total; the weak teacher sums over all rows (level 1)."""
+    t2 = next(t for t in code_tasks if t.difficulty == 2)
+    weak = weak_reference(t2)
+    rows = [ln.split(",") for ln in t2.data["csv"].strip().splitlines()[1:]]
+    assert weak[-1] == {"name": "submit_result", "arguments": {"answer": str(sum(int(r[2]) for r in rows))}}
+    assert "category" not in weak[0]["arguments"]["code"] and "category" in t2.reference[0]["arguments"]["code"]
+    assert weak_reference(next(t for t in code_tasks if t.difficulty == 1)) is None
+
+
+def test_stop_early_demonstrations(tok, code_tasks):
+    """stop_early=1: every level-2 demonstration is the weak one (reward 0 unless the category holds
+    every row), level 1 stays right; stop_early=0: all right. Code runs in-process (no sandbox)."""
+    cfg = AgentConfig(max_turns=4, tool_schema="compact")
+    perfect = demonstrations(code_tasks, tok, cfg)
+    assert [d.info["env_reward"] for d in perfect] == [1.0] * len(code_tasks)
+    weak = demonstrations(code_tasks, tok, cfg, stop_early=1.0)
+    for t, d in zip(code_tasks, weak):
+        whole = t.expected["answer"] == weak_reference(t)[-1]["arguments"]["answer"] if t.difficulty > 1 else True
+        assert d.info["env_reward"] == float(whole)
+    assert any(d.info["env_reward"] == 0.0 for d in weak)
+    ex = cold_start_examples(code_tasks, tok, cfg, stop_early=1.0)
+    assert [ids for ids, _ in ex] == [d.tokens.tolist() for d in weak]

@@ -99,7 +99,7 @@ def run_ours(args, out: Path, env: dict[str, str]) -> dict[str, float]:
            f"rollout.prompts_per_step={args.prompts}", f"algorithm.group_size={args.group}",
            f"rollout.max_new_tokens={args.max_new_tokens}", f"algorithm.lr={args.lr}",
            f"data.test_size={args.test_size}", "eval_every=100000", "checkpoint_every=100000",
-           f"hydra.run.dir={run_dir}"]
+           f"hydra.run.dir={run_dir}", *args.ours]
     print("ours:", " ".join(cmd[1:]), flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
@@ -217,6 +217,8 @@ def main() -> None:
     ap.add_argument("--test-size", type=int, default=200)
     ap.add_argument("--threads", type=int, default=0, help="torch/OMP threads for both sides (0: default)")
     ap.add_argument("--out", default=None, help="output dir (default: a temporary dir)")
+    ap.add_argument("--ours", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra Hydra overrides for our side, e.g. rollout.num_workers=2 rollout.compile=true")
     args = ap.parse_args()
     try:
         import trl  # noqa: F401
@@ -240,7 +242,8 @@ def main() -> None:
 
     print(f"\nGRPO, {args.steps} steps x {args.prompts} prompts x {args.group} completions, "
           f"{args.max_new_tokens} new tokens, lr {args.lr}, CPU threads {torch.get_num_threads()}; "
-          f"held-out greedy accuracy on {args.test_size} problems (cold start {acc0:.3f})")
+          f"held-out greedy accuracy on {args.test_size} problems (cold start {acc0:.3f}); "
+          f"our overrides: {' '.join(args.ours) or 'none'}")
     print(f"{'':<8}{'median':>8}{'s/step':>9}{'rollout':>9}{'reward':>8}{'train':>8}{'sync':>7}{'accuracy':>10}")
     for name, r, acc in (("ours", ours, acc_ours), ("TRL", theirs, acc_trl)):
         print(f"{name:<8}{r['median']:>8.2f}{r['s_per_step']:>9.2f}{r['rollout']:>9.2f}{r['reward']:>8.2f}"

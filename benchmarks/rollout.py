@@ -119,13 +119,16 @@ def main() -> None:
         from rollout.pool import RolloutPool
 
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        for n in (1, 2):
-            pool = RolloutPool(cfg, None, EngineConfig(record_masks=True, record_routes=True), num_workers=n,
-                               state_dict=model.state_dict(), chunk_size=B // n, max_in_flight=1)
-            pool.generate(prompts[:8], params)  # actors started and warm
-            _, wall = best(lambda pool=pool: pool.generate(prompts, params), args.repeats)
-            rows.append((f"Ray pool, {n} worker{'s' * (n > 1)} (+ masks + routes)", None, wall))
-            pool.shutdown()
+        for compiled in (False, True) if args.compile else (False,):
+            for n in (1, 2):
+                ecfg = EngineConfig(record_masks=True, record_routes=True, compile=compiled)
+                pool = RolloutPool(cfg, None, ecfg, num_workers=n, state_dict=model.state_dict(), chunk_size=B // n,
+                                   max_in_flight=1)
+                pool.generate(prompts, params)  # actors started and warm (compiled, when asked)
+                _, wall = best(lambda pool=pool: pool.generate(prompts, params), args.repeats)
+                name = f"Ray pool, {n} worker{'s' * (n > 1)}{', compiled' * compiled} (+ masks + routes)"
+                rows.append((name, None, wall))
+                pool.shutdown()
         ray.shutdown()
 
     base = rows[0][1]

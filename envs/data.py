@@ -7,10 +7,20 @@ What ``rl.setup`` calls for ``env.name`` set (``+experiment=agent``):
   ``env.name`` = ``synth`` keeps every family, a family name keeps that one;
 - :func:`cold_start_examples` -> (token ids, loss mask) pairs: the reference solutions replayed
   through the real loop (``envs.policies.demonstrations``), mask 1 on the assistant turns;
+- :func:`copy_drills` -> short copy exercises that stand in for pre-training (below);
 - :func:`solvable` -> V3.2's filter (keep tasks the policy solves at least once in K tries).
+
+Copy drills (a departure: V3.2 starts from a pre-trained model). Tool use is mostly copying: a
+file name from the question into code, a number from a tool result into the answer. Our policy
+starts from random weights; on the demonstrations alone it learns the call format within a few
+hundred steps but not copying (held-out answer digits stay near chance after 600 steps of 8).
+Drills (``user: X`` -> ``assistant: X``) teach the reply-copy in ~400 steps of 32, but that did
+not carry over to copying inside the demonstrations in our measurements; they are not wired
+into ``+experiment=agent``.
 """
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from envs.registry import Task, family_names
@@ -38,13 +48,14 @@ def load_tasks(cfg: Any, seed: int = 0) -> tuple[list[Task], list[Task]]:
 
 
 def cold_start_examples(tasks: list[Task], tokenizer: Any, agent_config: Any = None, stop_early: float = 0.0,
-                        seed: int = 0) -> list[tuple[list[int], list[int]]]:
+                        seed: int = 0, reasoning: bool = True) -> list[tuple[list[int], list[int]]]:
     """SFT examples ``(ids, loss_mask)`` from the reference solutions (mask 1 on assistant turns);
-    ``stop_early`` > 0: the imperfect teacher (``envs.policies.reference_policy``)."""
+    ``stop_early`` > 0: the imperfect teacher; ``reasoning``: a ``<think>`` line per turn
+    (``envs.policies.reference_policy``)."""
     from envs.policies import demonstrations
 
     return [(t.tokens.tolist(), t.loss_mask.long().tolist())
-            for t in demonstrations(tasks, tokenizer, agent_config, stop_early, seed)]
+            for t in demonstrations(tasks, tokenizer, agent_config, stop_early, seed, reasoning)]
 
 
 def solvable(tasks: list[Task], engine: Any, params: Any, k: int, agent_config: Any = None,
@@ -55,3 +66,24 @@ def solvable(tasks: list[Task], engine: Any, params: Any, k: int, agent_config: 
     from rollout.agent import agent_solver
 
     return filter_solvable(tasks, agent_solver(engine, params, agent_config, seed), k)
+
+
+def copy_drills(tokenizer: Any, n: int, seed: int = 0, pairs: int = 2) -> list[tuple[list[int], list[int]]]:
+    """``n`` copy exercises ``(ids, loss_mask)``: ``pairs`` chat turns ``<|user|>X<|end|><|assistant|>X<|end|>``
+    with X = ``"<word>_sales.csv <number> <Word> <number>"`` (made-up words); mask 1 on the replies."""
+    from envs.synth.common import word
+
+    rng = random.Random(seed)
+    enc = (lambda t: list(tokenizer.encode(t, add_special_tokens=False)))
+    out = []
+    for _ in range(n):
+        ids = enc(tokenizer.bos_token)
+        mask = [0] * len(ids)
+        for _ in range(pairs):
+            x = (f"{word(rng).lower()}_sales.csv {rng.randint(10, 999)} {word(rng, 3)} "
+                 f"{rng.randrange(30000, 150000, 500)}")
+            head, body = enc(f"<|user|>{x}{tokenizer.eos_token}<|assistant|>"), enc(x + tokenizer.eos_token)
+            ids += head + body
+            mask += [0] * len(head) + [1] * len(body)
+        out.append((ids, mask))
+    return out

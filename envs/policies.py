@@ -89,11 +89,13 @@ def weak_reference(task: Any) -> list[dict[str, Any]] | None:
     return get_family(task.family).compose(task.data, random.Random(task.seed), task.difficulty - 1).reference
 
 
-def reference_policy(tasks: Sequence[Any], stop_early: float = 0.0, seed: int = 0) -> Respond:
+def reference_policy(tasks: Sequence[Any], stop_early: float = 0.0, seed: int = 0,
+                     reasoning: bool = True) -> Respond:
     """Replay each task's reference solution, one call per turn (tasks keyed by their prompt).
 
     stop_early: probability that a task above level 1 gets the imperfect teacher's solution
     (:func:`weak_reference`) instead; drawn once per task with ``random.Random(seed)``, in order.
+    reasoning: open each turn with a one-line ``<think>`` (False: calls only, shorter episodes).
     """
     rng = random.Random(seed)
     refs = {}
@@ -107,7 +109,7 @@ def reference_policy(tasks: Sequence[Any], stop_early: float = 0.0, seed: int = 
             return "I cannot continue."
         call = ref[turn]
         why = "I have what I need; submitting." if turn == len(ref) - 1 else f"Next I call {call['name']}."
-        return format_turn(why, "", [(call["name"], call["arguments"])])
+        return format_turn(why if reasoning else None, "", [(call["name"], call["arguments"])])
 
     return respond
 
@@ -130,7 +132,7 @@ def _trusted_env(task: Any, **kw: Any) -> Any:
 
 
 def demonstrations(tasks: Sequence[Any], tokenizer: Any, config: Any = None, stop_early: float = 0.0,
-                   seed: int = 0) -> list[Trajectory]:
+                   seed: int = 0, reasoning: bool = True) -> list[Trajectory]:
     """Cold-start examples: the reference policy (the imperfect teacher when ``stop_early`` > 0)
     through ``rollout.agent.run_agent``; code runs in-process (our own scripts).
 
@@ -139,5 +141,5 @@ def demonstrations(tasks: Sequence[Any], tokenizer: Any, config: Any = None, sto
     """
     from rollout.agent import run_agent
 
-    engine = ScriptedEngine(tokenizer, reference_policy(tasks, stop_early, seed))
+    engine = ScriptedEngine(tokenizer, reference_policy(tasks, stop_early, seed, reasoning))
     return run_agent(engine, tasks, SamplingParams(max_new_tokens=4096), config, make_env=_trusted_env)

@@ -44,3 +44,20 @@ def test_stop_early_demonstrations(tok, code_tasks):
     assert any(d.info["env_reward"] == 0.0 for d in weak)
     ex = cold_start_examples(code_tasks, tok, cfg, stop_early=1.0)
     assert [ids for ids, _ in ex] == [d.tokens.tolist() for d in weak]
+
+
+def test_copy_drills(tok):
+    """Each drill is `pairs` user/assistant turns; the reply repeats the user text and only it
+    (with its <|end|>) has loss mask 1; deterministic in the seed."""
+    from envs.data import copy_drills
+
+    drills = copy_drills(tok, 3, seed=7, pairs=2)
+    assert drills == copy_drills(tok, 3, seed=7, pairs=2) and drills != copy_drills(tok, 3, seed=8, pairs=2)
+    for ids, mask in drills:
+        text = tok.decode(ids, skip_special_tokens=False)
+        assert text.startswith(tok.bos_token) and text.count("<|user|>") == 2 and text.count("<|assistant|>") == 2
+        users = [u.split(tok.eos_token)[0] for u in text.split("<|user|>")[1:]]
+        replies = [a.split(tok.eos_token)[0] for a in text.split("<|assistant|>")[1:]]
+        assert users == replies and all("_sales.csv" in u for u in users)
+        learned = tok.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=False)
+        assert learned == "".join(r + tok.eos_token for r in replies)

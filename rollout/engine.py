@@ -196,8 +196,9 @@ class RolloutEngine:
         if rec_topk:
             sel_p = torch.stack(out.topk_indices, dim=2).to(torch.int32)  # (B, P, n_layers, index_topk)
             sel_g = torch.full((B, N) + sel_p.shape[2:], -1, dtype=torch.int32, device=dev)
-        stop_ids = torch.tensor(sorted(set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_ids)),
-                                dtype=torch.long, device=dev)
+        is_stop = torch.zeros(V, dtype=torch.bool, device=dev)  # (V,): the ids that end a row
+        ids_that_stop = sorted(set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_ids))
+        is_stop[torch.tensor([i for i in ids_that_stop if 0 <= i < V], dtype=torch.long, device=dev)] = True
         stop_table = self._stop_table(params.stop, V) if params.stop else None
         reason = torch.zeros(B, dtype=torch.int8, device=dev)
         n_gen = torch.zeros(B, dtype=torch.long, device=dev)
@@ -216,15 +217,16 @@ class RolloutEngine:
             if masks is not None:
                 masks[rows, s] = packed
             n_gen[rows] += sampled
-            fin_eos = sampled & torch.isin(tok, stop_ids)
+            fin_eos = sampled & is_stop[tok]
             fin_len = sampled & (s + 1 >= limit[rows])
             fin_str = self._stop_string_hits(tok, sampled & ~fin_eos, rows, tokens, n_gen, params.stop,
                                              stop_table) if stop_table is not None else torch.zeros_like(done)
-            code = torch.where(fin_eos, _EOS, torch.where(fin_str, _STR, torch.where(
-                limit_is_ctx[rows], _CTX, _LEN)))
             finished = fin_eos | fin_str | fin_len
-            reason[rows] = torch.where(finished, code.to(torch.int8), reason[rows])
-            done = done | finished
+            if bool(finished.any()):  # most steps finish nothing: skip the bookkeeping
+                code = torch.where(fin_eos, _EOS, torch.where(fin_str, _STR, torch.where(
+                    limit_is_ctx[rows], _CTX, _LEN)))
+                reason[rows] = torch.where(finished, code.to(torch.int8), reason[rows])
+                done = done | finished
             feed = sampled if recording else ~done
             n_feed = int(feed.sum())
             if n_feed == 0:

@@ -131,8 +131,7 @@ class StaticDecoder:
         keys_t = keys.transpose(1, 2)  # (B, d_I, cap): the cache's own contiguous storage
         keys_t.index_copy_(2, slot, p["index_k"].detach().transpose(1, 2))
         if ctx.mode == "sparse":
-            keys_f = keys if keys.dtype == torch.float32 else keys.float()
-            scores = index_scores(p["index_q"], keys_f, p["index_w"])  # (B, 1, cap)
+            scores = index_scores(p["index_q"], keys.float(), p["index_w"])  # (B, 1, cap)
             sel = select_topk(scores, allowed, attn.topk)  # (B, 1, k)
             o_lat = attn._gathered(p["q_cat"], latents, sel)[0]  # (B, 1, H, kv_lora)
         else:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from rollout.decode import StaticDecoder
-from rollout.sampling import SamplingParams, sample_with
+from rollout.sampling import SamplingParams, sample_next
 from rollout.types import Trajectory, pack_mask
 
 _REASONS = ("", "stop", "stop", "length", "context")  # codes 1 = EOS/id, 2 = stop string
@@ -60,7 +60,8 @@ class EngineConfig:
     """Decode with `rollout.decode.StaticDecoder` (one-token steps with fixed shapes) when the model
     supports it; False (or a model it does not support) decodes through the model's forward."""
     compile: bool = False
-    """`torch.compile` the static decode step (prefill stays eager). Tiny preset, CPU, one thread:
+    """`torch.compile` the static decode step (prefill and sampling stay eager: compiled, the sampler
+    and the mask packing measured slower on CPU). Tiny preset, CPU, one thread:
     ~2x the decode speed of the eager step, after a one-time compile of ~1 min (cached on disk by
     inductor, ~15-40 s for later processes); a second, dynamic-shape compile follows the first
     change of batch size (compaction) or cache capacity. Worth it for long runs."""
@@ -209,13 +210,12 @@ class RolloutEngine:
         pos = lens.clone()[:, None]  # (B, 1): position of the next token fed
         new_valid = torch.ones(B, 1, dtype=torch.long, device=dev)
         for s in range(N):
-            u = None if params.greedy else 1.0 - torch.rand(logits.shape[0], 1, generator=gen, device=dev)
-            tok, lp, packed = _draw(logits, u, params, masks is not None)  # as sample_next(logits, params, gen)
+            tok, lp, keep = sample_next(logits, params, gen)
             sampled = ~done
             tokens[rows, s] = tok
             logps[rows, s] = lp
             if masks is not None:
-                masks[rows, s] = packed
+                masks[rows, s] = pack_mask(keep)
             n_gen[rows] += sampled
             fin_eos = sampled & is_stop[tok]
             fin_len = sampled & (s + 1 >= limit[rows])
@@ -319,14 +319,6 @@ class RolloutEngine:
         return Trajectory(tokens=torch.tensor(prompt, dtype=torch.long), prompt_len=L,
                           loss_mask=torch.zeros(L, dtype=torch.bool), logprobs=torch.zeros(L), completion="",
                           finish_reason=reason, weight_version=self.weight_version)
-
-
-def _draw(logits: torch.Tensor, u: torch.Tensor | None, params: SamplingParams, pack: bool):
-    """`sample_with`, with the kept set bit-packed (when `pack` and truncating): tokens (B,),
-    log-probs (B,), packed kept sets (B, ceil(V/8)) uint8 or None. (Left eager: compiled, the
-    sampler and the packing measured slower on CPU.)"""
-    tok, lp, keep = sample_with(logits, u, params)
-    return tok, lp, (pack_mask(keep) if pack and keep is not None else None)
 
 
 def _as_ids(x) -> set[int]:

@@ -135,19 +135,11 @@ def sample_next(
     in the cumulative probabilities (sorted ones when top-p already sorted them): the first id
     whose cumulative mass reaches u has positive probability and is kept, always.
     """
-    u = None if params.greedy else 1.0 - torch.rand(logits.shape[0], 1, generator=generator, device=logits.device)
-    return sample_with(logits, u, params)
-
-
-def sample_with(
-    logits: torch.Tensor, u: torch.Tensor | None, params: SamplingParams
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """`sample_next` given its uniform draws u (B, 1) in (0, 1] (None when greedy): a pure function
-    of its inputs (no generator), so `torch.compile` can fuse it."""
     x = logits.float() / params.temperature  # (B, V)
     if params.greedy:
         tok = x.argmax(-1, keepdim=True)
         return tok.squeeze(-1), (x.gather(-1, tok) - torch.logsumexp(x, dim=-1, keepdim=True)).squeeze(-1), None
+    u = 1.0 - torch.rand(x.shape[0], 1, generator=generator, device=x.device)  # (B, 1) in (0, 1]
     keep, nucleus = _truncate(x, params.top_k, params.top_p)
     if nucleus is not None:  # everything from the sorted candidates (the kept set is a prefix of them)
         cum, order, n_kept, sorted_x = nucleus

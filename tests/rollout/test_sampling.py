@@ -101,3 +101,33 @@ def test_params_validation_and_config() -> None:
 
     p = SamplingParams.from_config(RolloutConfig(top_p=0.95, stop=["</a>"]), max_new_tokens=7)
     assert (p.top_p, p.stop, p.max_new_tokens) == (0.95, ("</a>",), 7)
+
+
+def test_top_k_tie_then_top_p_hand_values() -> None:
+    """Row 0 ties at the k-th value (k=2): ids 1-3 all equal the 2nd largest, so all four stay for
+    the nucleus (the full-sort path), masses .4 .2 .2 .2; top-p 0.7 with masses before each sorted
+    id 0, .4, .6, .8 keeps id 0 and two of the tied ids (which two is the sort's order of equals)."""
+    x = torch.tensor([[0.4, 0.2, 0.2, 0.2], [0.5, 0.3, 0.15, 0.05]]).log()
+    keep = kept_set(x, 2, 0.7)
+    assert keep[0, 0] and int(keep[0].sum()) == 3  # {0} + two of the three tied ids (mass before: 0, .4, .6)
+    # row 1 has no tie: the k-candidate path; k=2 -> {.5, .3} renormalised .625/.375; p .7 keeps both
+    assert keep[1].tolist() == [True, True, False, False]
+
+
+def test_nucleus_draws_follow_q_with_and_without_a_tie() -> None:
+    """Frequencies and log-probs of top-k + top-p draws, on the k-candidate path (row without a tie
+    at the k-th value) and the full-sort path (a tie), against q computed by hand."""
+    for row, k, p, want in (
+        # no tie: top-3 {0, 1, 2}, q .628 .231 .140, masses before 0 .628 .859 -> p .8 keeps {0, 1}
+        ([2.0, 1.0, 0.5, 0.0, -1.0], 3, 0.8, [0, 1]),
+        # tie at the 2nd value: {0, 1, 2}, q .576 .212 .212, masses before 0 .576 .788 -> p .95 keeps all
+        ([2.0, 1.0, 1.0, 0.0, -1.0], 2, 0.95, [0, 1, 2]),
+    ):
+        logits = torch.tensor(row).expand(20000, 5)
+        params = SamplingParams(temperature=1.0, top_k=k, top_p=p)
+        tok, lp, keep = sample_next(logits, params, torch.Generator().manual_seed(3))
+        assert sorted(_direct_kept(row, k, p)) == want and keep[0].nonzero().squeeze(-1).tolist() == want
+        q = torch.softmax(torch.tensor([row[i] for i in want], dtype=torch.float64), 0)
+        freq = torch.bincount(tok, minlength=5).double() / 20000
+        assert freq[len(want):].sum() == 0 and torch.allclose(freq[: len(want)], q, atol=0.015)
+        assert torch.allclose(lp.double(), q.log()[tok], atol=1e-6)

@@ -20,7 +20,9 @@ level 1, with probability ``stop_early``, the teacher drops the last one: it pla
 solution of the task one level easier over the same database (``Family.compose(data, rng,
 level - 1)``), e.g. sums the quantity over all rows where the question asks for one category, so
 its answer is wrong. The student imitates that habit; RL can then find the full solution, which
-sampling still produces now and then. Level-1 tasks are always solved right.
+sampling still produces now and then. Level-1 tasks are always solved right. On level 0 (a
+family's compact level: one look-up, then submit) the one thing to drop is the look-up: the
+teacher submits a guess of the right shape (:func:`guess_answer`) without calling a tool.
 """
 from __future__ import annotations
 
@@ -79,9 +81,30 @@ class ScriptedEngine:
         return out
 
 
+def guess_answer(answer: str, rng: random.Random) -> str:
+    """A wrong answer of the same shape: each digit of ``answer`` redrawn (a leading one from 1-9)
+    until the result differs; other characters kept. An answer without digits gets ``"unknown"``.
+
+    >>> guess_answer("43500", random.Random(0))
+    '76048'
+    """
+    if not any(c.isdigit() for c in answer):
+        return "unknown"
+    while True:
+        out = "".join(c if not c.isdigit() else str(rng.randint(1 if i == 0 else 0, 9))
+                      for i, c in enumerate(answer))
+        if out != answer:
+            return out
+
+
 def weak_reference(task: Any) -> list[dict[str, Any]] | None:
     """The imperfect teacher's solution of ``task``: the reference of the same family's task one
-    level easier over the same database (None at level 1). Seeded by ``task.seed``."""
+    level easier over the same database (None at level 1); at level 0, a submitted guess
+    (:func:`guess_answer` of the expected answer) without a look-up. Seeded by ``task.seed``."""
+    if task.difficulty == 0:
+        submit = task.reference[-1]
+        guess = guess_answer(str(submit["arguments"]["answer"]), random.Random(task.seed))
+        return [{"name": submit["name"], "arguments": {"answer": guess}}]
     if task.difficulty <= 1:
         return None
     from envs.registry import get_family
@@ -93,14 +116,15 @@ def reference_policy(tasks: Sequence[Any], stop_early: float = 0.0, seed: int = 
                      reasoning: bool = True) -> Respond:
     """Replay each task's reference solution, one call per turn (tasks keyed by their prompt).
 
-    stop_early: probability that a task above level 1 gets the imperfect teacher's solution
-    (:func:`weak_reference`) instead; drawn once per task with ``random.Random(seed)``, in order.
+    stop_early: probability that a task of level 0 or above level 1 gets the imperfect teacher's
+    solution (:func:`weak_reference`) instead; drawn once per task with ``random.Random(seed)``,
+    in order.
     reasoning: open each turn with a one-line ``<think>`` (False: calls only, shorter episodes).
     """
     rng = random.Random(seed)
     refs = {}
     for t in tasks:
-        weak = weak_reference(t) if stop_early > 0 and t.difficulty > 1 and rng.random() < stop_early else None
+        weak = weak_reference(t) if stop_early > 0 and t.difficulty != 1 and rng.random() < stop_early else None
         refs[t.prompt] = weak or t.reference
 
     def respond(user: str, turn: int, results: list[str]) -> str:

@@ -60,6 +60,8 @@ class Family(Protocol):
     """A task generator + its environment class (the interface other generators implement)."""
 
     name: str
+    min_level: int
+    """The lowest level composed (1; 0 where a family has a compact level, e.g. lookup)."""
     max_level: int
     env_class: type[ToolEnv]
 
@@ -68,8 +70,9 @@ class Family(Protocol):
         ...
 
     def compose(self, data: dict[str, Any], rng: random.Random, level: int) -> Task:
-        """A task of difficulty ``level`` (1..max_level) over ``data``, with its reference solution.
-        Level L+1 adds constraints, tools or hops to level L. ``env_id``/``seed`` are set later."""
+        """A task of difficulty ``level`` (min_level..max_level) over ``data``, with its reference
+        solution. Level L+1 adds constraints, tools or hops to level L (L >= 1; a level 0 stands
+        alone). ``env_id``/``seed`` are set later."""
         ...
 
     def trivial_answers(self, task: Task) -> list[dict[str, Any]]:

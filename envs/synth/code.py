@@ -98,6 +98,7 @@ class CodeEnv(ToolEnv):
 
 class CodeFamily:
     name = "code"
+    min_level = 1
     max_level = 5
     env_class = CodeEnv
 

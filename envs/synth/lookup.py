@@ -7,6 +7,13 @@ and questions chain look-ups.
 Levels: 1 an employee's salary; 2 the city of their department; 3 their manager's salary;
 4 the city of their manager's department; 5 the start year of their manager's manager
 (plus the distractor tool ``list_departments`` from level 4 on).
+
+Level 0, the compact level (a departure, for small models on short contexts; the default
+``levels`` are 1-5): the salary or the start year of the employee with a given id, through
+``get_salary`` / ``get_start_year``, which return the bare number, under a one-line system prompt.
+An episode is about 120 tokens, ids are always 3 digits, salaries 5 and years 4, so every copy
+(the id into the call, the value into the answer) spans a fixed, short distance. Level 1 does not
+extend level 0 (the pipeline composes level 0 on its own).
 """
 from __future__ import annotations
 
@@ -22,6 +29,14 @@ class LookupEnv(ToolEnv):
     family = "lookup"
     system_prompt = ("You answer questions about a company database. Use the tools to look up the "
                      "facts, then call submit_result with the answer.")
+    compact_prompt = "Look it up, then submit."
+    """The system prompt of level 0 (the compact level)."""
+
+    def reset(self, task: Any) -> Any:
+        obs = super().reset(task)
+        if task.difficulty == 0:
+            obs.messages[0]["content"] = self.compact_prompt
+        return obs
 
     def tools(self) -> dict[str, tuple[ToolSpec, Any]]:
         d = self.task.data
@@ -43,6 +58,12 @@ class LookupEnv(ToolEnv):
                 raise ToolError(f"no department with id {id}")
             return dept[id]
 
+        def get_salary(id: int) -> int:
+            return get_employee(id)["salary"]
+
+        def get_start_year(id: int) -> int:
+            return get_employee(id)["start_year"]
+
         def list_departments() -> list[dict[str, Any]]:
             return [{"id": x["id"], "name": x["name"]} for x in d["departments"]]
 
@@ -52,6 +73,9 @@ class LookupEnv(ToolEnv):
                                        params(["name"], name="string")), find_employee),
             "get_employee": (ToolSpec("get_employee", "An employee record by id.", by_id), get_employee),
             "get_department": (ToolSpec("get_department", "A department record by id.", by_id), get_department),
+            "get_salary": (ToolSpec("get_salary", "The salary of an employee by id.", by_id), get_salary),
+            "get_start_year": (ToolSpec("get_start_year", "The start year of an employee by id.", by_id),
+                               get_start_year),
             "list_departments": (ToolSpec("list_departments", "All department ids and names."), list_departments),
             "submit_result": (SUBMIT_ANSWER, None),
         }
@@ -62,6 +86,7 @@ class LookupEnv(ToolEnv):
 
 class LookupFamily:
     name = "lookup"
+    min_level = 0
     max_level = 5
     env_class = LookupEnv
 
@@ -83,6 +108,8 @@ class LookupFamily:
         return {"departments": depts, "employees": emps}
 
     def compose(self, data: dict[str, Any], rng: random.Random, level: int) -> Task:
+        if level == 0:
+            return self._compact(data, rng)
         emp = {e["id"]: e for e in data["employees"]}
         dept = {x["id"]: x for x in data["departments"]}
         leaves = sorted((e for e in data["employees"] if e["manager"] is not None
@@ -113,6 +140,17 @@ class LookupFamily:
         tools = ["find_employee", "get_employee", "get_department"] + (["list_departments"] if level >= 4 else [])
         return Task("", self.name, level, q + " Answer with the value only.", data, tools + ["submit_result"],
                     calls, {"answer": str(ans)})
+
+    def _compact(self, data: dict[str, Any], rng: random.Random) -> Task:
+        """Level 0: one field of the employee with a given id, one look-up."""
+        who = rng.choice(sorted(data["employees"], key=lambda e: e["id"]))
+        field, tool, what = rng.choice([("salary", "get_salary", "salary"),
+                                        ("start_year", "get_start_year", "start year")])
+        ans = str(who[field])
+        calls = [{"name": tool, "arguments": {"id": who["id"]}},
+                 {"name": "submit_result", "arguments": {"answer": ans}}]
+        return Task("", self.name, 0, f"What is the {what} of employee {who['id']}?", data,
+                    ["get_salary", "get_start_year", "submit_result"], calls, {"answer": ans})
 
     def trivial_answers(self, task: Task) -> list[dict[str, Any]]:
         return [{}, {"answer": ""}, {"answer": "0"}, {"answer": "unknown"}]

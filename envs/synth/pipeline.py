@@ -4,7 +4,8 @@ For environment i (families and target levels taken round-robin), seeded by the 
 ``"{seed}:{family}:{i}:{attempt}"`` (deterministic across runs and machines):
 
 1. ``family.build_database(rng)``;
-2. for level = 1 .. target: ``family.compose(data, rng_task, level)`` with a fresh generator of the
+2. for level = 1 .. target (only 0 when the target is 0, a family's compact level):
+   ``family.compose(data, rng_task, level)`` with a fresh generator of the
    same task seed at every level (so level L+1 extends the choices of level L: same person, city,
    destinations) -- the tools exposed are the task's ``tools``;
 3. :func:`validate` each level: replaying the reference solution through the environment must
@@ -71,7 +72,7 @@ def synthesize_one(family: Family, seed_key: str, target_level: int) -> Task | N
     rng = random.Random(seed_key)
     data = family.build_database(rng)
     task = None
-    for level in range(1, target_level + 1):
+    for level in (range(1, target_level + 1) if target_level >= 1 else [target_level]):
         cand = family.compose(data, random.Random(seed_key + "/task"), level)
         if validate(cand, family) is not None:
             break
@@ -99,7 +100,7 @@ def synthesize(n: int, seed: int = 0, families: Sequence[str] | None = None,
     stats = SynthStats(Counter(), 0, 0, 0)
     for i in range(n):
         fam = fams[i % len(fams)]
-        target = min(levels[(i // len(fams)) % len(levels)], fam.max_level)
+        target = max(min(levels[(i // len(fams)) % len(levels)], fam.max_level), fam.min_level)
         for attempt in range(100):
             stats.attempts += 1
             task = synthesize_one(fam, f"{seed}:{fam.name}:{i}:{attempt}", target)

@@ -66,6 +66,7 @@ class SearchEnv(ToolEnv):
 
 class SearchFamily:
     name = "search"
+    min_level = 1
     max_level = 5
     env_class = SearchEnv
 

@@ -113,6 +113,7 @@ def plan_ok(d: dict[str, Any], exp: dict[str, Any], plan: dict[str, Any]) -> boo
 
 class TripFamily:
     name = "trip"
+    min_level = 1
     max_level = 5
     env_class = TripEnv
 

@@ -179,7 +179,9 @@ class ColdStartConfig:
     """Peak learning rate of the supervised stage (cosine decay, 5% warm-up)."""
     teacher_stop_early: float = _f(0.6, ge=0.0, le=1.0)
     """The teacher's systematic mistake: on multi-step problems it answers an intermediate value
-    with this probability. 0 = a perfect teacher."""
+    with this probability; in tool environments (``env.name`` set) it plays the solution of the
+    task one level easier, or on level 0 submits a guess without the look-up
+    (``envs.policies.weak_reference``). 0 = a perfect teacher."""
     indexer_warmup_steps: int = _f(100, ge=0)
     """Dense warm-up steps of the lightning indexer (everything else frozen)."""
     indexer_lr: float = _f(1e-3, gt=0.0)
@@ -246,6 +248,9 @@ class EnvConfig:
     tool_schema: str = _f("openai", choices=("openai", "compact"))
     """Tools in the prompt: full OpenAI function schemas, or ``compact`` (names and argument types:
     about half the prompt tokens, for small models on short contexts)."""
+    teacher_reasoning: bool = True
+    """Cold-start demonstrations open each assistant turn with a one-line ``<think>`` (False: tool
+    calls only, shorter episodes)."""
 
 
 @dataclass

@@ -115,7 +115,8 @@ class AgentSource(PromptSource):
         from envs.data import cold_start_examples
         from rl.coldstart import run_cold_start
 
-        examples = cold_start_examples(self.train_rows, tok, self.agent_config)
+        examples = cold_start_examples(self.train_rows, tok, self.agent_config, cfg.coldstart.teacher_stop_early,
+                                       cfg.seed, cfg.env.teacher_reasoning)
         log(f"cold start: {len(examples)} demonstrations, {sum(len(x) for x, _ in examples) / len(examples):.0f} "
             "tokens each on average")
         return run_cold_start(model, tok, examples, cfg.coldstart, cfg.seed, log=log)

@@ -61,3 +61,32 @@ def test_copy_drills(tok):
         assert users == replies and all("_sales.csv" in u for u in users)
         learned = tok.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=False)
         assert learned == "".join(r + tok.eos_token for r in replies)
+
+
+def test_guess_answer_by_hand() -> None:
+    """Digits redrawn (leading one 1-9), other characters kept, never the answer itself."""
+    import random
+
+    from envs.policies import guess_answer
+
+    assert guess_answer("43500", random.Random(0)) == "76048"
+    assert guess_answer("Paris", random.Random(0)) == "unknown"
+    g = guess_answer("12.5", random.Random(1))
+    assert len(g) == 4 and g[2] == "." and g != "12.5"
+    assert all(guess_answer("7", random.Random(s)) != "7" for s in range(50))
+
+
+def test_level0_weak_teacher_skips_the_lookup(tok) -> None:
+    """Level 0 with stop_early=1: the teacher submits a guess at once (one turn, no look-up, reward
+    0); with stop_early=0 it looks up and submits (two turns, reward 1)."""
+    tasks, _ = synthesize(6, seed=0, families=["lookup"], levels=(0,))
+    weak = weak_reference(tasks[0])
+    assert len(weak) == 1 and weak[0]["name"] == "submit_result"
+    assert weak[0]["arguments"]["answer"] != tasks[0].expected["answer"]
+    assert len(weak[0]["arguments"]["answer"]) == len(tasks[0].expected["answer"])
+    cfg = AgentConfig(max_turns=4, tool_schema="compact")
+    good = demonstrations(tasks, tok, cfg, reasoning=False)
+    assert [(d.num_turns, d.num_tool_calls, d.info["env_reward"]) for d in good] == [(2, 2, 1.0)] * 6
+    bad = demonstrations(tasks, tok, cfg, stop_early=1.0, reasoning=False)
+    assert [(d.num_turns, d.num_tool_calls, d.info["env_reward"]) for d in bad] == [(1, 1, 0.0)] * 6
+    assert max(len(d.tokens) for d in good) < 200

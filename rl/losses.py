@@ -225,6 +225,10 @@ def off_policy_sequence_mask(logp: Tensor, old_logp: Tensor, advantages: Tensor,
 
 
 class PolicyLoss(Protocol):
+    """A policy loss. A loss whose value and gradient are exactly 0 for a sequence with advantage 0
+    when ``beta == 0`` may say so with the attribute ``zero_at_zero_advantage = True``: the trainer
+    then skips the forward and backward of such sequences (GRPO groups whose rewards are all equal)."""
+
     def __call__(self, logp: Tensor, old_logp: Tensor, advantages: Tensor, token_mask: Tensor, *,
                  ref_logp: Tensor | None, seq_mask: Tensor | None, clip_low: float,
                  clip_high: float, beta: float, kl_estimator: str, aggregation: str,
@@ -334,3 +338,7 @@ def grpo_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, token_m
         if entropy is not None:
             metrics["entropy"] = _masked_mean(entropy.detach(), valid, n_tok)
     return loss, metrics
+
+
+# -min(r A, clip(r) A) M is 0 with a 0 gradient when A = 0 (and beta = 0: no KL term).
+grpo_policy_loss.zero_at_zero_advantage = True  # type: ignore[attr-defined]

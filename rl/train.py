@@ -17,8 +17,11 @@ from omegaconf import DictConfig
 from rl.config import ConfigError, register_configs, to_config
 
 # The trainer, the rollout workers and the reward workers share the machine's cores in turn: idle
-# OpenMP threads must sleep, not spin (spinning halved throughput on two cores). Before torch loads.
+# OpenMP threads must sleep, not spin for long (spinning halved throughput on two cores), but a
+# short spin before sleeping (GNU OpenMP's GOMP_SPINCOUNT) keeps the trainer's threads awake
+# between the many small ops of a training step: 0.76 -> 0.44 s per math step. Before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "200000")
 
 register_configs()
 

@@ -12,6 +12,12 @@
    trainer never branches on a loss name), plus ``indexer_loss_weight`` x the DSA indexer KL;
 4. backward through DeepSpeed; one ``engine.step()`` per mini-batch (clipping, AdamW, LR schedule).
 
+Two exact savings: a row whose advantage is 0 (a GRPO group with equal rewards) is not forwarded
+when nothing else would train on it (``kl_coef == 0``, no indexer loss, and a policy loss marked
+``zero_at_zero_advantage``): its gradient is exactly 0, and it still counts in the loss
+normalisers, so the update is unchanged. Micro-batches are cut from length-sorted rows, so each is
+padded only to its own longest row.
+
 Data parallelism: every rank receives the whole rollout batch (it is small next to the model),
 draws the same shuffle, and trains on rows ``rank::world`` of each mini-batch. Every rank runs the
 same number of micro-batches (a rank short of rows runs a filler micro-batch with an empty loss
@@ -139,6 +145,10 @@ class Trainer:
         self.vocab_size = int(model.config.vocab_size)
         self.has_moe = bool(getattr(model.config, "moe_layer_indices", []))
         self._policy_loss = get_policy_loss(algo.policy_loss)
+        # Rows with advantage 0 add exactly nothing to the update (no KL, no indexer loss, a loss
+        # that vanishes at A = 0): skip their forward and backward, keep them in the normalisers.
+        self._skip_zero_adv = (getattr(self._policy_loss, "zero_at_zero_advantage", False)
+                               and algo.kl_coef == 0 and algo.indexer_loss_weight == 0)
         self._aggregation = get_aggregation(algo.loss_agg)
         self._shuffle = torch.Generator().manual_seed(seed)
         ref = copy.deepcopy(model).eval().requires_grad_(False) if algo.kl_coef > 0 else None
@@ -273,13 +283,17 @@ class Trainer:
         updates, before clipping), ``lr`` (of the last update), ``logp_mismatch_mean/max``
         (|log pi_theta - log pi_old| on the first mini-batch, before any update: the sampler /
         trainer mismatch), ``num_updates``, ``num_tokens`` and ``tokens_per_s`` (real tokens
-        forwarded, all ranks and epochs).
+        forwarded, all ranks and epochs), ``skipped_frac`` (rows not forwarded because their
+        advantage is 0 and so is everything they would add; the token statistics above are over
+        the forwarded rows).
         """
         start = time.perf_counter()
         batch = self.collate(trajectories, advantages)
         self._check_records(batch)
         algo, W = self.algo, self.world_size
         n = len(batch)
+        lengths = batch.attention_mask.sum(-1)  # (n,)
+        skipped = 0
         acc = _Metrics(self.device)
         grad_norms: list[float] = []
         lr = float("nan")
@@ -291,8 +305,14 @@ class Trainer:
                 mini = order[lo: lo + algo.mini_batch_size]
                 num_units = self._aggregation.units(batch.loss_mask[mini].float()).clamp_min(1).to(self.device)
                 real_tokens = max(1, int(batch.attention_mask[mini].sum()))
-                mine = mini[self.rank::W]
-                n_micro = math.ceil(math.ceil(len(mini) / W) / algo.micro_batch_size)
+                live = mini[batch.advantages[mini] != 0] if self._skip_zero_adv else mini
+                skipped += len(mini) - len(live)
+                mine = live[self.rank::W]
+                # Micro-batches of similar lengths: each is cut to its longest row, so sorting by
+                # length trims padding (the loss is a sum over the mini-batch: order is free).
+                mine = mine[torch.argsort(lengths[mine], stable=True)]
+                # At least one (filler) micro-batch: AdamW still steps on zero gradients (momentum).
+                n_micro = max(1, math.ceil(math.ceil(len(live) / W) / algo.micro_batch_size))
                 for k in range(n_micro):
                     rows = mine[k * algo.micro_batch_size: (k + 1) * algo.micro_batch_size]
                     filler = len(rows) == 0
@@ -306,7 +326,8 @@ class Trainer:
                 grad_norms.append(float(norm) if norm is not None else float("nan"))
                 first = False
         out = acc.finalize(num_updates=len(grad_norms))
-        out.update(grad_norm=sum(grad_norms) / max(1, len(grad_norms)), lr=lr, num_updates=len(grad_norms))
+        out.update(grad_norm=sum(grad_norms) / max(1, len(grad_norms)), lr=lr, num_updates=len(grad_norms),
+                   skipped_frac=skipped / (n * algo.epochs_per_batch))
         out["tokens_per_s"] = out["num_tokens"] / max(time.perf_counter() - start, 1e-9)
         return out
 

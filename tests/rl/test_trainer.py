@@ -171,6 +171,37 @@ def test_indexer_loss_trains_only_with_weight(trajs):
             assert moved > 1e-4 and metrics["indexer_loss"] > 0
 
 
+def test_zero_advantage_rows_are_skipped_with_the_same_update(trajs):
+    """Rows with A = 0 are not forwarded (kl_coef 0), yet the update equals the one that forwards
+    them: they add a zero gradient and still count in the seq-mean normaliser. A second step with
+    every advantage 0 trains no row, yet AdamW still steps (momentum), through filler micro-batches."""
+    adv = fx.fixed_advantages(len(trajs))
+    adv[[0, 3, 4, 6]] = 0.0
+    out = {}
+    for skip in (True, False):
+        trainer = Trainer(fx.tiny_policy, fx.algo(kl_coef=0.0, mini_batch_size=4), fx.ds(0))
+        assert trainer._skip_zero_adv
+        trainer._skip_zero_adv = skip
+        metrics = trainer.train_step(trajs, adv)
+        before = trainer.export_state_dict()
+        idle = trainer.train_step(trajs, torch.zeros(len(trajs)))
+        moved = max((v - before[k]).abs().max() for k, v in trainer.export_state_dict().items())
+        out[skip] = (metrics, trainer.export_state_dict(), trainer.global_step, idle, moved)
+    (m_skip, w_skip, steps_skip, idle_skip, moved_skip), (m_all, w_all, steps_all, _, _) = out[True], out[False]
+    assert m_skip["skipped_frac"] == pytest.approx(4 / 8) and m_all["skipped_frac"] == 0
+    assert idle_skip["skipped_frac"] == 1.0 and idle_skip["num_tokens"] == 0 and moved_skip > 1e-4
+    assert steps_skip == steps_all == 4
+    assert m_skip["loss"] == pytest.approx(m_all["loss"], rel=1e-5)
+    assert m_skip["num_tokens"] < m_all["num_tokens"]
+    assert_same_weights(w_skip, w_all)
+
+
+def test_no_skipping_when_something_else_trains():
+    assert not Trainer(fx.tiny_policy, fx.algo(kl_coef=0.1), fx.ds(0))._skip_zero_adv
+    assert not Trainer(fx.tiny_policy, fx.algo(kl_coef=0.0, keep_indexing=False, indexer_loss_weight=1.0),
+                       fx.ds(0))._skip_zero_adv
+
+
 def test_no_reference_without_kl():
     trainer = Trainer(fx.tiny_policy, fx.algo(kl_coef=0.0), fx.ds(0))
     assert trainer.ref is None

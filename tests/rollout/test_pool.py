@@ -69,3 +69,18 @@ def test_worker_crash_mid_rollout_loses_and_duplicates_nothing(pool, prompts) ->
     assert all(torch.equal(a.tokens, b.tokens) for a, b in zip(out, reference))  # per-chunk seeds
     assert pool.versions() == [pool.version] * 2  # the new worker got the latest weights
     assert all(t.weight_version == pool.version for t in out)
+
+
+def test_default_chunks_are_an_even_share_round_robin(pool, model, prompts) -> None:
+    """Without chunk_size, 4 prompts x 2 samples on 2 workers make 2 chunks of 4 (one engine batch
+    each, since 4 <= max_batch_size), dealt round robin: chunk 1 runs on worker 1, whose distinct
+    weight version marks its trajectories."""
+    assert [pool.default_chunk_size(n) for n in (128, 8, 5, 300, 1)] == [64, 4, 3, 64, 1]  # batch 64
+    pool.chunk_size = None
+    try:
+        ray.get(pool.workers[1].load_weights.remote(model.state_dict(), 77))
+        out = pool.generate(prompts, SamplingParams(greedy=True, max_new_tokens=4), group_size=2)
+        assert [t.weight_version for t in out] == [pool.version] * 4 + [77] * 4
+    finally:
+        pool.chunk_size = 2
+        pool.push_weights(model.state_dict(), version=pool.version)

@@ -38,12 +38,13 @@ scored with ``math_correct``. The cold start is scored the same way for referenc
 
 The table gives the median and the mean seconds per step and the mean split; the ratio is taken on
 the medians, which a shared machine's stalls (other jobs) disturb least. The machine is shared: compare the ratio, and repeat on a quiet machine for absolute figures.
-``--threads T`` sets ``OMP_NUM_THREADS`` (both sides) and this process's torch threads (TRL); our Ray
-rollout worker keeps its own ``torch.set_num_threads(num_cpus_per_worker)``. OpenMP waiting: TRL,
-alone in this process, runs with ``OMP_WAIT_POLICY=ACTIVE``, its fastest setting on an idle two-core
-machine (seconds per step 2.03, vs 2.13 with a 200k spin count and 3.04 with ``PASSIVE``); ours
-runs with ``rl.train``'s own defaults (``PASSIVE`` plus ``GOMP_SPINCOUNT=200000``: its trainer and
-its Ray workers take turns on the cores). Set ``OMP_WAIT_POLICY`` yourself to override the TRL side.
+``--threads T`` sets ``OMP_NUM_THREADS`` (both sides) and the TRL process's torch threads; our Ray
+rollout worker keeps its own ``torch.set_num_threads(num_cpus_per_worker)``. Each side runs in its
+own subprocess with its own OpenMP waiting: TRL, alone in its process, with ``OMP_WAIT_POLICY=ACTIVE``,
+its fastest setting on an idle two-core machine (seconds per step 2.03, vs 2.13 with a 200k spin
+count and 3.04 with ``PASSIVE``; ``--trl-wait-policy`` to change it); ours with ``rl.train``'s own
+defaults (``PASSIVE`` plus ``GOMP_SPINCOUNT=200000``: its trainer and its Ray workers take turns on
+the cores). This process (the held-out evaluations) sleeps while they run (``PASSIVE``).
 
 Run: python -m benchmarks.grpo_vs_trl --policy /tmp/e2e_cache/coldstart/b074d28a70fe1402 [--steps 10]
 Needs TRL (``pip install trl``, or the project's optional extra ``[trl]``).
@@ -60,10 +61,11 @@ import tempfile
 import time
 from pathlib import Path
 
-# The TRL side (this process) at its fastest on an idle machine: OpenMP threads spin while waiting
-# (module docstring). Set before torch loads. Our side gets rl.train's own settings (run_ours).
-_OURS_ENV_DROP = () if "OMP_WAIT_POLICY" in os.environ else ("OMP_WAIT_POLICY",)
-os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
+# This process only evaluates; its idle OpenMP threads must sleep while a side runs (an ACTIVE
+# policy here spun both cores through our run: 5x slower). Each side sets its own (module docstring).
+_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
+if "--trl-only" not in sys.argv:  # (the TRL child keeps what its parent gave it)
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 import torch
 
@@ -199,6 +201,16 @@ def run_trl(args, out: Path) -> dict[str, float]:
     return {**out, "sync": 0.0, "steps": n, "final": str(final), "reward_mean": sum(rewards) / max(len(rewards), 1)}
 
 
+def run_trl_subprocess(args, out: Path, env: dict[str, str]) -> dict[str, float]:
+    """``run_trl`` in a child process (its own OpenMP settings, from ``env``); returns its result."""
+    result = out / "trl_result.json"
+    cmd = [sys.executable, "-m", "benchmarks.grpo_vs_trl", "--trl-only", str(result), *sys.argv[1:]]
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"the TRL run failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return json.loads(result.read_text())
+
+
 def _timed(fn, acc: dict[str, float], key: str):
     """``fn`` wrapped to add its wall time to ``acc[key]``."""
     def wrapper(*a, **k):
@@ -225,7 +237,15 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="output dir (default: a temporary dir)")
     ap.add_argument("--ours", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra Hydra overrides for our side, e.g. rollout.num_workers=2 rollout.compile=true")
+    ap.add_argument("--trl-wait-policy", default=_WAIT_POLICY or "ACTIVE", choices=("ACTIVE", "PASSIVE"),
+                    help="OMP_WAIT_POLICY of the TRL side (default ACTIVE, its fastest on an idle machine)")
+    ap.add_argument("--trl-only", default=None, metavar="JSON", help=argparse.SUPPRESS)  # the TRL child
     args = ap.parse_args()
+    if args.trl_only:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        Path(args.trl_only).write_text(json.dumps(run_trl(args, Path(args.trl_only).parent)))
+        return
     try:
         import trl  # noqa: F401
     except ImportError:
@@ -233,7 +253,9 @@ def main() -> None:
     if not (Path(args.policy) / "config.json").exists():
         sys.exit(f"--policy {args.policy}: no config.json; run `python -m rl.train +experiment=math` once "
                  "and pass its cached cold start ($DSA_RL_CACHE/coldstart/<key>)")
-    env = {**{k: v for k, v in os.environ.items() if k not in _OURS_ENV_DROP}, "WANDB_MODE": "offline"}
+    env = {**{k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}, "WANDB_MODE": "offline"}
+    if _WAIT_POLICY is not None:  # the caller's choice, for our side too
+        env["OMP_WAIT_POLICY"] = _WAIT_POLICY
     if args.threads:
         env["OMP_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(args.threads)
         torch.set_num_threads(args.threads)
@@ -243,7 +265,7 @@ def main() -> None:
     acc0 = heldout_accuracy(args.policy, args.test_size, args.max_new_tokens)
     ours = run_ours(args, out, env)
     acc_ours = heldout_accuracy(ours["final"], args.test_size, args.max_new_tokens)
-    theirs = run_trl(args, out)
+    theirs = run_trl_subprocess(args, out, {**env, "OMP_WAIT_POLICY": args.trl_wait_policy})
     acc_trl = heldout_accuracy(theirs["final"], args.test_size, args.max_new_tokens)
 
     print(f"\nGRPO, {args.steps} steps x {args.prompts} prompts x {args.group} completions, "

@@ -62,9 +62,8 @@ class EngineConfig:
     compile: bool = False
     """`torch.compile` the static decode step (prefill and sampling stay eager: compiled, the sampler
     and the mask packing measured slower on CPU). Tiny preset, CPU, one thread:
-    ~2x the decode speed of the eager step, after a one-time compile of ~1 min (cached on disk by
-    inductor, ~15-40 s for later processes); a second, dynamic-shape compile follows the first
-    change of batch size (compaction) or cache capacity. Worth it for long runs."""
+    ~2x the decode speed of the eager step, after a one-time dynamic-shape compile of ~1 min per
+    process (cached on disk by inductor, ~8-40 s for later processes). Worth it for long runs."""
     compact_fraction: float = 0.25
     """Compact the batch when this fraction of its rows has retired (1 = never)."""
     max_seq_len: int | None = None
@@ -231,8 +230,10 @@ class RolloutEngine:
             n_feed = int(feed.sum())
             if n_feed == 0:
                 break
-            if n_feed <= (1 - self.config.compact_fraction) * feed.shape[0]:
+            if n_feed <= (1 - self.config.compact_fraction) * feed.shape[0] and feed.shape[0] > 2:
                 keep_rows = feed.nonzero().squeeze(-1)
+                if n_feed == 1:  # a finished row rides along: a 1-row batch would recompile the step
+                    keep_rows = torch.cat([keep_rows, (~feed).nonzero()[:1, 0]])
                 cache.select_rows(keep_rows)
                 rows, done, pos, tok = rows[keep_rows], done[keep_rows], pos[keep_rows], tok[keep_rows]
                 new_valid = new_valid[: keep_rows.shape[0]]

@@ -107,6 +107,28 @@ def test_compaction_changes_nothing(model, tok, prompts, monkeypatch) -> None:
         assert x.finish_reason == y.finish_reason
 
 
+def test_compaction_keeps_two_rows(model, tok, prompts, monkeypatch) -> None:
+    """Every row but one ends early: the batch shrinks to the live row plus a finished passenger
+    (a 1-row batch would recompile the compiled step), with the same records as without compaction."""
+    from rl.policy import DSACache
+
+    calls = []
+    original = DSACache.select_rows
+    monkeypatch.setattr(DSACache, "select_rows", lambda self, rows: (calls.append(len(rows)), original(self, rows)))
+    greedy = RolloutEngine(model, tok).generate_greedy(prompts, 12)
+    last = set(greedy[-1].tokens[greedy[-1].prompt_len:].tolist())
+    stops = tuple({t.tokens[t.prompt_len + 1].item() for t in greedy[:-1]} - last)
+    params = SamplingParams(greedy=True, max_new_tokens=12, stop_token_ids=stops)
+    outs = [RolloutEngine(model, tok, EngineConfig(compact_fraction=frac)).generate(prompts, params)
+            for frac in (0.25, 1.0)]
+    lengths = [t.num_sampled for t in outs[0]]
+    assert lengths[-1] == 12 and sum(n < 12 for n in lengths) >= 2, lengths
+    assert calls and min(calls) == 2
+    for x, y in zip(*outs):
+        assert torch.equal(x.tokens, y.tokens) and x.finish_reason == y.finish_reason
+        assert torch.allclose(x.logprobs, y.logprobs, atol=1e-5)
+
+
 def test_stop_strings_ids_and_limits(model, tok, prompts) -> None:
     eng = RolloutEngine(model, tok)
     free = eng.generate_greedy(prompts[:1], 20)[0]

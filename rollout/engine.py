@@ -156,6 +156,19 @@ class RolloutEngine:
         """Greedy (argmax) decoding, e.g. for evaluation."""
         return self.generate(prompts, SamplingParams(greedy=True, max_new_tokens=max_new_tokens, stop=tuple(stop)))
 
+    def warm_up(self) -> None:
+        """Compile the decode step now (`compile=True`; a no-op otherwise), so the first real
+        `generate` does not pay for it: a full batch and a 3-row batch of uneven prompts (padding
+        takes another path) longer than the DSA top-k (so do shorter contexts), two new tokens. Dynamo also
+        specialises on the batch size's range, hence the two calls."""
+        if self._static is None or not self.config.compile:
+            return
+        length = int(getattr(self.model.config, "index_topk", 0)) + 16
+        params = SamplingParams(greedy=True, max_new_tokens=2, ignore_eos=True)
+        for rows in (self.config.max_batch_size, 3):
+            prompts = [[int(self.pad_id != 1)] * (length - i % 2) for i in range(rows)]  # padded, as real ones
+            self.generate(prompts, params, seed=0)
+
     # ---- one micro-batch ------------------------------------------------------------------------
     def _run_batch(
         self, prompts: list[list[int]], params: SamplingParams, gen: torch.Generator, max_len: int

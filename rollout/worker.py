@@ -65,6 +65,7 @@ class RolloutWorker:
         torch.manual_seed(init_seed)  # identical random init on every worker
         self.model = build_policy(model_config).to(dev).eval()
         self.engine = RolloutEngine(self.model, load_tokenizer(tokenizer), engine_config)
+        self.engine.warm_up()  # compile=True: the decode step compiles at start-up, not in the first rollout
         self._crash_in: int | None = None
         self._pg = None
         if state_dict is not None:

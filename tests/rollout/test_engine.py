@@ -161,3 +161,9 @@ def test_micro_batches_and_encode(model, tok) -> None:
     whole = RolloutEngine(model, tok).generate_greedy(ps, 6)
     assert [t.prompt_index for t in out] == [0, 1, 2]
     assert all(torch.equal(x.tokens, y.tokens) for x, y in zip(out, whole))
+
+
+def test_warm_up_is_a_no_op_when_eager(model, tok, prompts) -> None:
+    eng = RolloutEngine(model, tok)
+    eng.warm_up()  # compile=False: nothing to compile, nothing sampled
+    assert eng._generator is None

@@ -70,7 +70,11 @@ class RolloutPool:
         self._seed = seed
         self._calls = 0
         self._group = None
+        self._loads: dict = {}  # worker slot -> ObjectRef of a queued load_weights (push_weights)
         self.workers = [self._spawn() for _ in range(num_workers)]
+        # Start-up includes the workers' own (model build, weights, a compile with rollout.compile):
+        # a worker that cannot start fails here, and the first rollout is not slowed by it.
+        ray.get([w.version.remote() for w in self.workers])
 
     def _spawn(self):
         w = self._actor_cls.options(**self._opts).remote(*self._worker_args, num_threads=self._threads)
@@ -89,10 +93,24 @@ class RolloutPool:
 
     # ---- weights --------------------------------------------------------------------------------
     def push_weights(self, state_dict: dict, version: int) -> None:
-        """Send a full state dict to every worker through the object store (one `ray.put`)."""
+        """Send a full state dict to every worker through the object store (one `ray.put`).
+
+        Returns once the loads are queued: each worker loads before anything else asked of it later
+        (a Ray actor runs one caller's calls in order), while this process goes on (logging,
+        checkpointing). The next call that uses the workers first settles the loads, so a failed
+        load raises there and a worker that died is re-created with these weights."""
         self._weights_ref = ray.put(_cpu_state(state_dict))
         self.version = version
-        self._on_all(lambda w: w.load_weights.remote(self._weights_ref, version))
+        self._loads = {i: w.load_weights.remote(self._weights_ref, version) for i, w in enumerate(self.workers)}
+
+    def _settle_loads(self) -> None:
+        """Wait for the loads `push_weights` queued (see there)."""
+        loads, self._loads = self._loads, {}
+        for i, ref in loads.items():
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError:
+                self._replace(i)
 
     def broadcast_weights(self, state_dict: dict, version: int, *, backend: str | None = None,
                           keep_cpu_copy: bool = True) -> None:
@@ -102,6 +120,7 @@ class RolloutPool:
         workers' `state_dict()` order with the same shapes and dtypes. keep_cpu_copy: also `ray.put`
         a CPU copy, which a re-created worker loads.
         """
+        self._settle_loads()
         tensors = list(state_dict.values())
         backend = backend or ("nccl" if tensors[0].is_cuda else "gloo")
         if self._group is None or self._group[0] != backend:
@@ -120,17 +139,8 @@ class RolloutPool:
 
     def versions(self) -> list[int]:
         """The weight version each worker holds now."""
+        self._settle_loads()
         return ray.get([w.version.remote() for w in self.workers])
-
-    def _on_all(self, call) -> None:
-        """Run `call(worker)` on every worker; a worker that died is re-created (with the latest
-        weights) instead."""
-        refs = {i: call(w) for i, w in enumerate(self.workers)}
-        for i, ref in refs.items():
-            try:
-                ray.get(ref)
-            except ray.exceptions.RayActorError:
-                self._replace(i)
 
     # ---- generation -----------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, group_size: int = 1, *,
@@ -160,6 +170,7 @@ class RolloutPool:
     def _dispatch(self, method: str, inputs: Sequence, params: SamplingParams, group_size: int,
                   seed: int | None, **kwargs) -> list[Trajectory]:
         """Fan the (input, sample) items out to the workers' `method` in chunks (module docstring)."""
+        self._settle_loads()
         if seed is None:
             seed = self._seed * 1_000_003 + self._calls
         self._calls += 1

@@ -84,3 +84,15 @@ def test_default_chunks_are_an_even_share_round_robin(pool, model, prompts) -> N
     finally:
         pool.chunk_size = 2
         pool.push_weights(model.state_dict(), version=pool.version)
+
+
+def test_a_failed_weight_load_raises_at_the_next_call(pool, model, prompts) -> None:
+    """push_weights returns before the workers load; a load that fails (here: a missing tensor)
+    still raises, at the next call that uses the workers, and a good push then recovers."""
+    bad = dict(model.state_dict())
+    bad.pop(next(iter(bad)))
+    pool.push_weights(bad, version=pool.version + 1)
+    with pytest.raises(ray.exceptions.RayTaskError, match="Missing key"):
+        pool.generate(prompts[:1], SamplingParams(greedy=True, max_new_tokens=2))
+    pool.push_weights(model.state_dict(), version=pool.version)
+    assert pool.versions() == [pool.version] * 2

@@ -81,29 +81,32 @@ class ScriptedEngine:
         return out
 
 
-def guess_answer(answer: str, rng: random.Random) -> str:
-    """A wrong answer of the same shape: each digit of ``answer`` redrawn (a leading one from 1-9)
-    until the result differs; other characters kept. An answer without digits gets ``"unknown"``.
+def guess_answer(answer: str) -> str:
+    """A wrong answer of the same shape, the same for every task: the first digit of ``answer``
+    becomes 1 (2 if that gives the answer back) and every later digit 0; other characters are
+    kept. An answer without digits gets ``"unknown"``. (A fixed guess, not a random one: the
+    student cannot know the value without the look-up, so random digits would only add noise.)
 
-    >>> guess_answer("43500", random.Random(0))
-    '76048'
+    >>> guess_answer("43500"), guess_answer("2009"), guess_answer("10000")
+    ('10000', '1000', '20000')
     """
     if not any(c.isdigit() for c in answer):
         return "unknown"
-    while True:
-        out = "".join(c if not c.isdigit() else str(rng.randint(1 if i == 0 else 0, 9))
-                      for i, c in enumerate(answer))
+    first = next(i for i, c in enumerate(answer) if c.isdigit())
+    for lead in "12":
+        out = "".join(c if not c.isdigit() else lead if i == first else "0" for i, c in enumerate(answer))
         if out != answer:
             return out
+    raise AssertionError("unreachable: two distinct guesses cannot both equal the answer")
 
 
 def weak_reference(task: Any) -> list[dict[str, Any]] | None:
     """The imperfect teacher's solution of ``task``: the reference of the same family's task one
-    level easier over the same database (None at level 1); at level 0, a submitted guess
-    (:func:`guess_answer` of the expected answer) without a look-up. Seeded by ``task.seed``."""
+    level easier over the same database (None at level 1), seeded by ``task.seed``; at level 0, a
+    submitted guess (:func:`guess_answer` of the expected answer) without a look-up."""
     if task.difficulty == 0:
         submit = task.reference[-1]
-        guess = guess_answer(str(submit["arguments"]["answer"]), random.Random(task.seed))
+        guess = guess_answer(str(submit["arguments"]["answer"]))
         return [{"name": submit["name"], "arguments": {"answer": guess}}]
     if task.difficulty <= 1:
         return None

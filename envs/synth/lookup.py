@@ -10,9 +10,10 @@ Levels: 1 an employee's salary; 2 the city of their department; 3 their manager'
 
 Level 0, the compact level (a departure, for small models on short contexts; the default
 ``levels`` are 1-5): the salary or the start year of the employee with a given id, through
-``get_salary`` / ``get_start_year``, which return the bare number, under a one-line system prompt.
-An episode is about 120 tokens, ids are always 3 digits, salaries 5 and years 4, so every copy
-(the id into the call, the value into the answer) spans a fixed, short distance. Level 1 does not
+``get_salary`` / ``get_start_year`` (only the one asked for is exposed), which return the bare
+number, under a one-line system prompt. An episode is about 150 tokens and ids are always 3 digits
+(salaries 5-6, years 4), so every copy (the id into the call, the value into the answer) spans a
+short, nearly fixed distance. Level 1 does not
 extend level 0 (the pipeline composes level 0 on its own).
 """
 from __future__ import annotations
@@ -150,7 +151,7 @@ class LookupFamily:
         calls = [{"name": tool, "arguments": {"id": who["id"]}},
                  {"name": "submit_result", "arguments": {"answer": ans}}]
         return Task("", self.name, 0, f"What is the {what} of employee {who['id']}?", data,
-                    ["get_salary", "get_start_year", "submit_result"], calls, {"answer": ans})
+                    [tool, "submit_result"], calls, {"answer": ans})
 
     def trivial_answers(self, task: Task) -> list[dict[str, Any]]:
         return [{}, {"answer": ""}, {"answer": "0"}, {"answer": "unknown"}]

@@ -64,16 +64,11 @@ def test_copy_drills(tok):
 
 
 def test_guess_answer_by_hand() -> None:
-    """Digits redrawn (leading one 1-9), other characters kept, never the answer itself."""
-    import random
-
+    """One fixed guess per shape: first digit 1 (2 when that is the answer), then zeros."""
     from envs.policies import guess_answer
 
-    assert guess_answer("43500", random.Random(0)) == "76048"
-    assert guess_answer("Paris", random.Random(0)) == "unknown"
-    g = guess_answer("12.5", random.Random(1))
-    assert len(g) == 4 and g[2] == "." and g != "12.5"
-    assert all(guess_answer("7", random.Random(s)) != "7" for s in range(50))
+    assert [guess_answer(a) for a in ("43500", "2009", "133500", "10000", "1", "12.5", "Paris")] == \
+        ["10000", "1000", "100000", "20000", "2", "10.0", "unknown"]
 
 
 def test_level0_weak_teacher_skips_the_lookup(tok) -> None:
@@ -83,10 +78,10 @@ def test_level0_weak_teacher_skips_the_lookup(tok) -> None:
     weak = weak_reference(tasks[0])
     assert len(weak) == 1 and weak[0]["name"] == "submit_result"
     assert weak[0]["arguments"]["answer"] != tasks[0].expected["answer"]
-    assert len(weak[0]["arguments"]["answer"]) == len(tasks[0].expected["answer"])
+    assert weak[0]["arguments"]["answer"] == "1" + "0" * (len(tasks[0].expected["answer"]) - 1)
     cfg = AgentConfig(max_turns=4, tool_schema="compact")
     good = demonstrations(tasks, tok, cfg, reasoning=False)
     assert [(d.num_turns, d.num_tool_calls, d.info["env_reward"]) for d in good] == [(2, 2, 1.0)] * 6
     bad = demonstrations(tasks, tok, cfg, stop_early=1.0, reasoning=False)
     assert [(d.num_turns, d.num_tool_calls, d.info["env_reward"]) for d in bad] == [(1, 1, 0.0)] * 6
-    assert max(len(d.tokens) for d in good) < 200
+    assert max(len(d.tokens) for d in good) < 170 and max(len(d.tokens) for d in bad) < 140

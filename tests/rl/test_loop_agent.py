@@ -31,13 +31,41 @@ def _cfg(overrides: list[str]):
 
 def test_agent_experiment_composes() -> None:
     cfg = _cfg(["+experiment=agent"])
-    assert (cfg.env.name, cfg.env.levels, cfg.env.tool_schema, cfg.env.max_turns) == ("lookup", [1], "compact", 4)
+    assert (cfg.env.name, cfg.env.levels, cfg.env.tool_schema, cfg.env.max_turns) == ("lookup", [0], "compact", 3)
+    assert (cfg.env.teacher_reasoning, cfg.coldstart.teacher_stop_early) == (False, 0.5)
+    assert (cfg.algorithm.group_size, cfg.algorithm.lr, cfg.algorithm.warmup_steps) == (8, 1e-4, 5)
     assert [t.name for t in cfg.rewards.terms.values()] == ["env_verifier"]
     out = subprocess.run([sys.executable, "-m", "rl.train", "+experiment=agent", "--cfg", "job"], check=False,
                          cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "name: env_verifier" in out.stdout and "tool_schema: compact" in out.stdout
+    assert "teacher_reasoning: false" in out.stdout
+
+
+def test_agent_cold_start_passes_the_teacher_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AgentSource.cold_start hands coldstart.teacher_stop_early, the seed and env.teacher_reasoning
+    to the demonstrations, and the demonstrations to run_cold_start."""
+    import envs.data
+    import rl.coldstart
+
+    seen = {}
+
+    def fake_examples(tasks, tok, agent_config, stop_early, seed, reasoning):
+        seen["examples"] = (tasks, agent_config, stop_early, seed, reasoning)
+        return [([1, 2, 3], [0, 1, 1])]
+
+    def fake_run(model, tok, examples, cfg, seed, log):
+        seen["run"] = (examples, seed)
+        return {"sft_loss": 0.0}
+
+    monkeypatch.setattr(envs.data, "cold_start_examples", fake_examples)
+    monkeypatch.setattr(rl.coldstart, "run_cold_start", fake_run)
+    cfg = _cfg(["+experiment=agent", "coldstart.teacher_stop_early=0.25", "seed=3"])
+    src = AgentSource(["t1", "t2"], None, norm_constant=8.0, cache_key="k", agent_config="ac")
+    assert src.cold_start(None, None, cfg, lambda s: None) == {"sft_loss": 0.0}
+    assert seen["examples"] == (["t1", "t2"], "ac", 0.25, 3, False)
+    assert seen["run"] == ([([1, 2, 3], [0, 1, 1])], 3)
 
 
 def test_bad_environment_stops_at_start_up(tmp_path: Path) -> None:

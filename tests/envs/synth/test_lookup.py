@@ -20,7 +20,7 @@ def test_level0_task_by_hand() -> None:
     emp = next(e for e in data["employees"] if e["id"] == 662)
     assert emp["salary"] == 85000
     assert task.difficulty == 0 and task.prompt == "What is the salary of employee 662?"
-    assert task.tools == ["get_salary", "get_start_year", "submit_result"]
+    assert task.tools == ["get_salary", "submit_result"]  # only the tool the question needs
     assert task.reference == [{"name": "get_salary", "arguments": {"id": 662}},
                               {"name": "submit_result", "arguments": {"answer": "85000"}}]
     assert validate(task) is None
@@ -31,12 +31,12 @@ def test_level0_tools_return_bare_numbers_and_short_prompt() -> None:
     env = make_env(task)
     obs = env.reset(task)
     assert obs.messages[0]["content"] == "Look it up, then submit."
-    assert [t["function"]["name"] for t in obs.tools] == ["get_salary", "get_start_year", "submit_result"]
-    emp = next(e for e in data["employees"] if e["id"] == 662)
-    res = env.step([ToolCall("get_salary", {"id": 662}), ToolCall("get_start_year", {"id": 662}),
-                    ToolCall("get_salary", {"id": 1})])
-    assert res.observations == ["85000", str(emp["start_year"]), "Error: no employee with id 1"]
-    assert res.num_errors == 1 and not res.done
+    assert [t["function"]["name"] for t in obs.tools] == ["get_salary", "submit_result"]
+    res = env.step([ToolCall("get_salary", {"id": 662}), ToolCall("get_salary", {"id": 1}),
+                    ToolCall("get_start_year", {"id": 662})])
+    assert res.observations == ["85000", "Error: no employee with id 1",
+                                "Error: unknown tool 'get_start_year'; available: get_salary, submit_result"]
+    assert res.num_errors == 2 and not res.done
     assert env.step([ToolCall("submit_result", {"answer": "85000"})]).reward == 1.0
     env.reset(task)
     assert env.step([ToolCall("submit_result", {"answer": "85500"})]).reward == 0.0
@@ -54,6 +54,10 @@ def test_synthesize_level0_only_lookup() -> None:
     assert {t.difficulty for t in tasks} == {0} and len({t.prompt for t in tasks}) == 40
     assert all(validate(t) is None for t in tasks)
     assert all(100 <= t.reference[0]["arguments"]["id"] <= 999 for t in tasks)
+    fields = {t.reference[0]["name"] for t in tasks}
+    assert fields == {"get_salary", "get_start_year"}
+    for t in tasks:  # a start year has 4 digits, a salary 5 or 6
+        assert len(t.expected["answer"]) in ((4,) if t.reference[0]["name"] == "get_start_year" else (5, 6))
     assert "d0" in summary_table(stats)
     mixed, stats = synthesize(8, seed=0, levels=(0,))
     assert stats.counts[("lookup", 0)] == 2

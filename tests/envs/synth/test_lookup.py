@@ -59,6 +59,6 @@ def test_synthesize_level0_only_lookup() -> None:
     for t in tasks:  # a start year has 4 digits, a salary 5 or 6
         assert len(t.expected["answer"]) in ((4,) if t.reference[0]["name"] == "get_start_year" else (5, 6))
     assert "d0" in summary_table(stats)
-    mixed, stats = synthesize(8, seed=0, levels=(0,))
+    _, stats = synthesize(8, seed=0, levels=(0,))
     assert stats.counts[("lookup", 0)] == 2
     assert all(stats.counts[(f, 1)] == 2 for f in ("trip", "code", "search"))

@@ -34,6 +34,8 @@ def test_agent_experiment_composes() -> None:
     assert (cfg.env.name, cfg.env.levels, cfg.env.tool_schema, cfg.env.max_turns) == ("lookup", [0], "compact", 3)
     assert (cfg.env.teacher_reasoning, cfg.coldstart.teacher_stop_early) == (False, 0.5)
     assert (cfg.algorithm.group_size, cfg.algorithm.lr, cfg.algorithm.warmup_steps) == (8, 1e-4, 5)
+    assert (cfg.model.attention_mode, cfg.model.index_topk) == ("sparse", 64)  # DSA on
+    assert (cfg.coldstart.indexer_warmup_steps, cfg.coldstart.sparse_steps) == (100, 50)
     assert [t.name for t in cfg.rewards.terms.values()] == ["env_verifier"]
     out = subprocess.run([sys.executable, "-m", "rl.train", "+experiment=agent", "--cfg", "job"], check=False,
                          cwd=ROOT,

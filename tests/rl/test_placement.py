@@ -14,7 +14,7 @@ def test_plan_bundles_from_resources():
     assert plan_bundles(cfg) == {"trainer": [{"CPU": 2.0, "GPU": 1.0}] * 3,
                                  "rollout": [{"CPU": 2.0, "GPU": 0.5}] * 2}
     one = compose(["+experiment=math"])  # one in-process trainer: no trainer bundles; no GPU key at 0
-    assert plan_bundles(one) == {"trainer": [], "rollout": [{"CPU": 1.0}]}
+    assert plan_bundles(one) == {"trainer": [], "rollout": [{"CPU": 1.0}] * 2}  # the experiment's 2 workers
 
 
 def test_check_fits():

@@ -143,7 +143,7 @@ def test_too_few_gpus_is_refused(in_tmp, capsys):
     rc = main(["cluster=slurm", "+experiment=math", "cluster.gpus_per_node=8", "resources.gpus_per_trainer=1",
                "deepspeed.num_processes=9", "--dry-run"])
     assert rc == 2
-    assert "the actors need 9 GPUs (9 trainers x 1 + 1 rollout workers x 0) but cluster.nodes=1 x " \
+    assert "the actors need 9 GPUs (9 trainers x 1 + 2 rollout workers x 0) but cluster.nodes=1 x " \
            "cluster.gpus_per_node=8 = 8" in capsys.readouterr().err
 
 

@@ -32,9 +32,10 @@ forward does (~2,000 small ops either way); `compile=True` wraps it in `torch.co
 needs a C++ compiler on CPU) and runs it ~2.4x faster than the forward (4.7 vs 11.8 ms). It is
 compiled with dynamic shapes from the start, so a process compiles once (~1 min on two cores, ~8 s
 from inductor's disk cache) and reuses the graph for every step, micro-batch, prompt length and
-compaction (the engine never compacts below 2 rows: size 1 would be a specialisation, a recompile). The indexer's keys are written and scored through
-the cache's own (B, d_I, capacity) storage: through the transposed view, inductor copied the whole
-buffer at every step.
+compaction (the engine never compacts below 2 rows: size 1 would be a specialisation, a recompile;
+`RolloutEngine.warm_up` triggers the compile at start-up). The indexer's keys are written and
+scored through the cache's own (B, d_I, capacity) storage: through the transposed view, inductor
+copied the whole buffer at every step.
 """
 from __future__ import annotations
 

@@ -158,16 +158,18 @@ class RolloutEngine:
 
     def warm_up(self) -> None:
         """Compile the decode step now (`compile=True`; a no-op otherwise), so the first real
-        `generate` does not pay for it: a full batch and a 3-row batch of uneven prompts (padding
-        takes another path) longer than the DSA top-k (so do shorter contexts), two new tokens. Dynamo also
-        specialises on the batch size's range, hence the two calls."""
+        `generate` does not pay for it. Two greedy calls of two new tokens, each over prompts of
+        uneven lengths (left padding, as real batches have) longer than the DSA top-k (a shorter
+        context takes another branch, another compile): a full batch and a 3-row batch, since the
+        compiled code also branches on the batch size's range. One recompile (~5 s from inductor's
+        disk cache) still follows in the first real rollout."""
         if self._static is None or not self.config.compile:
             return
         length = int(getattr(self.model.config, "index_topk", 0)) + 16
+        filler = 1 if self.pad_id == 0 else 0  # any id but the pad
         params = SamplingParams(greedy=True, max_new_tokens=2, ignore_eos=True)
         for rows in (self.config.max_batch_size, 3):
-            prompts = [[int(self.pad_id != 1)] * (length - i % 2) for i in range(rows)]  # padded, as real ones
-            self.generate(prompts, params, seed=0)
+            self.generate([[filler] * (length - i % 2) for i in range(rows)], params, seed=0)
 
     # ---- one micro-batch ------------------------------------------------------------------------
     def _run_batch(

@@ -182,17 +182,15 @@ class RolloutPool:
         in_flight: dict = {}  # ObjectRef -> (worker slot, chunk index)
         load = [0] * len(self.workers)
         while pending or in_flight:
-            while pending and min(load) < self.max_in_flight:  # round robin: one chunk per free worker
-                for i in range(len(self.workers)):
-                    if not pending or load[i] >= self.max_in_flight:
-                        continue
-                    c = pending.popleft()
-                    chunk = chunks[c]
-                    ref = getattr(self.workers[i], method).remote(
-                        [inputs[p] for p, _ in chunk], params, seed=seed * 100_003 + c,
-                        prompt_indices=[p for p, _ in chunk], sample_indices=[s for _, s in chunk], **kwargs)
-                    in_flight[ref] = (i, c)
-                    load[i] += 1
+            while pending and min(load) < self.max_in_flight:
+                i = load.index(min(load))  # the least loaded worker: round robin from equal loads
+                c = pending.popleft()
+                chunk = chunks[c]
+                ref = getattr(self.workers[i], method).remote(
+                    [inputs[p] for p, _ in chunk], params, seed=seed * 100_003 + c,
+                    prompt_indices=[p for p, _ in chunk], sample_indices=[s for _, s in chunk], **kwargs)
+                in_flight[ref] = (i, c)
+                load[i] += 1
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             i, c = in_flight.pop(ready[0])
             load[i] -= 1

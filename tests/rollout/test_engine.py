@@ -163,7 +163,17 @@ def test_micro_batches_and_encode(model, tok) -> None:
     assert all(torch.equal(x.tokens, y.tokens) for x, y in zip(out, whole))
 
 
-def test_warm_up_is_a_no_op_when_eager(model, tok, prompts) -> None:
-    eng = RolloutEngine(model, tok)
-    eng.warm_up()  # compile=False: nothing to compile, nothing sampled
-    assert eng._generator is None
+def test_warm_up_shapes_and_no_op_when_eager(model, tok, monkeypatch) -> None:
+    """Compiled: a full batch and a 3-row batch of uneven non-pad prompts longer than the top-k;
+    eager: nothing at all. (generate is recorded, not run: no compile in the fast suite.)"""
+    calls = []
+    for compile_ in (False, True):
+        eng = RolloutEngine(model, tok, EngineConfig(compile=compile_, max_batch_size=5))
+        monkeypatch.setattr(eng, "generate", lambda prompts, params, seed, c=compile_: calls.append((c, prompts, params)))
+        eng.warm_up()
+    assert [c for c, _, _ in calls] == [True, True]  # the eager engine made no call
+    k = model.config.index_topk
+    for (_, prompts, params), rows in zip(calls, (5, 3)):
+        assert [len(p) for p in prompts] == [k + 16 - i % 2 for i in range(rows)]
+        assert all(t != eng.pad_id for p in prompts for t in p)
+        assert params.greedy and params.max_new_tokens == 2 and params.ignore_eos

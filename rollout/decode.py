@@ -82,6 +82,9 @@ class StaticDecoder:
         slot_t = torch.tensor([slot], dtype=torch.long, device=tokens.device)
         if self.compiled:  # whole buffers: shapes stay fixed for the whole micro-batch
             lat, keys, valid = cache.latents, cache.index_keys, cache.valid
+            # Never views: a view's guards test its base, which a later call's fresh tensor lacks
+            # (a needless recompile).
+            tokens, positions = tokens.clone(), positions.clone()
         else:  # eager: only the slots filled so far (views), so the cost follows the context
             n = slot + 1
             lat, keys, valid = [t[:, :n] for t in cache.latents], [t[:, :n] for t in cache.index_keys], cache.valid[:, :n]

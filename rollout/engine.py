@@ -161,8 +161,7 @@ class RolloutEngine:
         `generate` does not pay for it. Two greedy calls of two new tokens, each over prompts of
         uneven lengths (left padding, as real batches have) longer than the DSA top-k (a shorter
         context takes another branch, another compile): a full batch and a 3-row batch, since the
-        compiled code also branches on the batch size's range. One recompile (~5 s from inductor's
-        disk cache) still follows in the first real rollout."""
+        compiled code also branches on the batch size's range."""
         if self._static is None or not self.config.compile:
             return
         length = int(getattr(self.model.config, "index_topk", 0)) + 16
@@ -175,7 +174,7 @@ class RolloutEngine:
     def _run_batch(
         self, prompts: list[list[int]], params: SamplingParams, gen: torch.Generator, max_len: int
     ) -> list[Trajectory]:
-        model, cfg, dev = self.model, self.model.config, self.device
+        cfg, dev = self.model.config, self.device
         B = len(prompts)
         lens = torch.tensor([len(p) for p in prompts], device=dev)
         P = int(lens.max())
@@ -192,10 +191,7 @@ class RolloutEngine:
         rec_topk = self.config.record_topk and cfg.attention_mode == "sparse"
         recording = rec_routes or rec_topk
 
-        cache = model.new_cache(B, P + N)
-        out = model(ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), cache=cache,
-                    logits_to_keep=1, output_expert_routes=rec_routes, output_topk_indices=rec_topk)
-        logits = out.logits[:, -1]  # (B, V)
+        cache, logits, routes_list, topk_list = self._prefill(prompts, ids, mask, P + N, rec_routes, rec_topk)
 
         # Per-step records, indexed by original row and step; entries past a row's end are garbage.
         V = logits.shape[-1]
@@ -206,10 +202,10 @@ class RolloutEngine:
             masks = torch.zeros(B, N, (V + 7) // 8, dtype=torch.uint8, device=dev)
         routes_p = sel_p = routes_g = sel_g = None
         if rec_routes:
-            routes_p = torch.stack(out.expert_routes, dim=2).to(torch.int16)  # (B, P, n_moe, k)
+            routes_p = torch.stack(routes_list, dim=2).to(torch.int16)  # (B, P, n_moe, k)
             routes_g = torch.zeros((B, N) + routes_p.shape[2:], dtype=torch.int16, device=dev)
         if rec_topk:
-            sel_p = torch.stack(out.topk_indices, dim=2).to(torch.int32)  # (B, P, n_layers, index_topk)
+            sel_p = torch.stack(topk_list, dim=2).to(torch.int32)  # (B, P, n_layers, index_topk)
             sel_g = torch.full((B, N) + sel_p.shape[2:], -1, dtype=torch.int32, device=dev)
         is_stop = torch.zeros(V, dtype=torch.bool, device=dev)  # (V,): the ids that end a row
         ids_that_stop = sorted(set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_ids))
@@ -260,6 +256,36 @@ class RolloutEngine:
             pos = pos + 1
 
         return self._assemble(prompts, tokens, logps, masks, routes_p, routes_g, sel_p, sel_g, n_gen, reason, pad)
+
+    def _prefill(self, prompts: list[list[int]], ids: torch.Tensor, mask: torch.Tensor, capacity: int,
+                 rec_routes: bool, rec_topk: bool):
+        """Run the (left-padded) prompts ids/mask (B, P) through the model into a new cache of
+        `capacity` slots. Equal prompts (a GRPO group's G copies) are computed once and their cache
+        rows, last logits and records copied. Returns (cache, logits (B, V), per-layer routes
+        (B, P, k) or None, per-layer selections (B, P, index_topk) or None)."""
+        model = self.model
+        first: dict[tuple[int, ...], int] = {}
+        which = [first.setdefault(tuple(p), len(first)) for p in prompts]  # row -> its unique prompt
+        dedupe = len(first) < len(prompts)
+        if dedupe:
+            src = [0] * len(first)
+            for b in reversed(range(len(prompts))):
+                src[which[b]] = b  # the first row holding each unique prompt
+            src_t = torch.tensor(src, dtype=torch.long, device=ids.device)  # (B_unique,)
+            ids, mask = ids[src_t], mask[src_t]
+        cache = model.new_cache(ids.shape[0], capacity)
+        out = model(ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), cache=cache,
+                    logits_to_keep=1, output_expert_routes=rec_routes, output_topk_indices=rec_topk)
+        logits = out.logits[:, -1]  # (B_unique, V)
+        routes = list(out.expert_routes) if rec_routes else None
+        sels = list(out.topk_indices) if rec_topk else None
+        if dedupe:
+            inv = torch.tensor(which, dtype=torch.long, device=ids.device)  # (B,)
+            cache.select_rows(inv)
+            logits = logits.index_select(0, inv)
+            routes = [r.index_select(0, inv) for r in routes] if routes is not None else None
+            sels = [t.index_select(0, inv) for t in sels] if sels is not None else None
+        return cache, logits, routes, sels
 
     def _step(self, tok, pos, cache, new_valid, rec_routes: bool, rec_topk: bool):
         """Feed tok (B,) at positions pos (B, 1). Returns logits (B, V), routes (B, n_moe, k) or

@@ -107,6 +107,28 @@ def test_compaction_changes_nothing(model, tok, prompts, monkeypatch) -> None:
         assert x.finish_reason == y.finish_reason
 
 
+def test_equal_prompts_prefilled_once(model, tok, prompts, monkeypatch) -> None:
+    """A GRPO group's G copies of a prompt are prefilled once (one model call over the unique
+    prompts); records and greedy tokens are those of prefilling every copy."""
+    rows = [prompts[1], prompts[3], prompts[1], prompts[0], prompts[3], prompts[1]]
+    seen = []
+    forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward",
+                        lambda self, input_ids=None, **kw: (seen.append(input_ids.shape), forward(self, input_ids, **kw))[1])
+    eng = RolloutEngine(model, tok, EngineConfig(record_routes=True, record_topk=True))
+    params = SamplingParams(greedy=True, max_new_tokens=12)
+    out = eng.generate(rows, params)
+    assert seen[0][0] == 3  # the prefill: 3 unique prompts, not 6 rows
+    monkeypatch.undo()
+    alone = [eng.generate([r], params)[0] for r in (prompts[1], prompts[3], prompts[0])]
+    by_prompt = {tuple(a.tokens[: a.prompt_len].tolist()): a for a in alone}
+    for t in out:
+        a = by_prompt[tuple(t.tokens[: t.prompt_len].tolist())]
+        for f in ("tokens", "expert_routes", "topk_indices"):
+            assert torch.equal(getattr(t, f), getattr(a, f)), f
+        assert torch.allclose(t.logprobs, a.logprobs, atol=1e-5)
+
+
 def test_compaction_keeps_two_rows(model, tok, prompts, monkeypatch) -> None:
     """Every row but one ends early: the batch shrinks to the live row plus a finished passenger
     (a 1-row batch would recompile the compiled step), with the same records as without compaction."""

@@ -56,6 +56,24 @@ def test_static_step_equals_model_forward(tok, prompts, mode) -> None:
     _compare(model, prompts, tok.pad_token_id, StaticDecoder(model))
 
 
+def test_fused_expert_weights_follow_weight_changes(tok, prompts) -> None:
+    """The experts' fused weights are built once and rebuilt after an in-place load (a weight
+    push) or a replaced tensor: the step keeps matching the model's forward."""
+    torch.manual_seed(0)
+    model = DSAForCausalLM(tiny_config(tok)).eval()
+    decoder = StaticDecoder(model)
+    first = decoder.moe_weights()
+    assert decoder.moe_weights() is first  # reused while nothing changed
+    torch.manual_seed(1)
+    other = DSAForCausalLM(tiny_config(tok)).state_dict()
+    model.load_state_dict(other)  # in place
+    assert decoder.moe_weights() is not first
+    _compare(model, prompts, tok.pad_token_id, decoder)
+    moe = next(layer.ffn for layer in model.model.layers if layer.is_moe)
+    moe.experts[0].up.weight = torch.nn.Parameter(torch.randn_like(moe.experts[0].up.weight))  # replaced
+    _compare(model, prompts, tok.pad_token_id, decoder)
+
+
 def test_static_step_refuses_a_full_cache(model, tok) -> None:
     cache = model.new_cache(1, 3)
     with torch.no_grad():

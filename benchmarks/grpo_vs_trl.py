@@ -38,6 +38,10 @@ scored with ``math_correct``. The cold start is scored the same way for referenc
 
 The table gives the median and the mean seconds per step and the mean split; the ratio is taken on
 the medians, which a shared machine's stalls (other jobs) disturb least. The machine is shared: compare the ratio, and repeat on a quiet machine for absolute figures.
+The two sides run one after the other, so a machine whose speed drifts over minutes favours one:
+``--rounds R`` repeats both R times, alternating which side goes first, and reports the median of
+the rounds' ratios (one run of ours had 0.51 where the runs before and after had 0.43: the machine
+was ~45% slower for ours and ~20% for TRL).
 ``--threads T`` sets ``OMP_NUM_THREADS`` (both sides) and the TRL process's torch threads; our Ray
 rollout worker keeps its own ``torch.set_num_threads(num_cpus_per_worker)``. Each side runs in its
 own subprocess with its own OpenMP waiting: TRL, alone in its process, with ``OMP_WAIT_POLICY=ACTIVE``,
@@ -237,6 +241,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="output dir (default: a temporary dir)")
     ap.add_argument("--ours", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra Hydra overrides for our side, e.g. rollout.num_workers=2 rollout.compile=true")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat both sides R times, alternating which goes first; the ratio is the "
+                         "median of the rounds' ratios (a machine whose speed drifts over minutes)")
     ap.add_argument("--trl-wait-policy", default=_WAIT_POLICY or "ACTIVE", choices=("ACTIVE", "PASSIVE"),
                     help="OMP_WAIT_POLICY of the TRL side (default ACTIVE, its fastest on an idle machine)")
     ap.add_argument("--trl-only", default=None, metavar="JSON", help=argparse.SUPPRESS)  # the TRL child
@@ -263,22 +270,41 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     acc0 = heldout_accuracy(args.policy, args.test_size, args.max_new_tokens)
-    ours = run_ours(args, out, env)
-    acc_ours = heldout_accuracy(ours["final"], args.test_size, args.max_new_tokens)
-    theirs = run_trl_subprocess(args, out, {**env, "OMP_WAIT_POLICY": args.trl_wait_policy})
-    acc_trl = heldout_accuracy(theirs["final"], args.test_size, args.max_new_tokens)
+    trl_env = {**env, "OMP_WAIT_POLICY": args.trl_wait_policy}
+    rounds = []  # (ours, theirs) per round
+    for r in range(args.rounds):
+        d = out if args.rounds == 1 else out / f"round{r + 1}"
+        d.mkdir(parents=True, exist_ok=True)
+        # Alternate which side goes first, so a slow drift of the machine hits both alike.
+        if r % 2 == 0:
+            ours = run_ours(args, d, env)
+            theirs = run_trl_subprocess(args, d, trl_env)
+        else:
+            theirs = run_trl_subprocess(args, d, trl_env)
+            ours = run_ours(args, d, env)
+        rounds.append((ours, theirs))
+    # Both sides are seeded: every round trains the same policies; accuracy is scored on round 1's.
+    acc_ours = heldout_accuracy(rounds[0][0]["final"], args.test_size, args.max_new_tokens)
+    acc_trl = heldout_accuracy(rounds[0][1]["final"], args.test_size, args.max_new_tokens)
 
     print(f"\nGRPO, {args.steps} steps x {args.prompts} prompts x {args.group} completions, "
           f"{args.max_new_tokens} new tokens, lr {args.lr}, CPU threads {torch.get_num_threads()}; "
           f"held-out greedy accuracy on {args.test_size} problems (cold start {acc0:.3f}); "
           f"our overrides: {' '.join(args.ours) or 'none'}")
     print(f"{'':<8}{'median':>8}{'s/step':>9}{'rollout':>9}{'reward':>8}{'train':>8}{'sync':>7}{'accuracy':>10}")
-    for name, r, acc in (("ours", ours, acc_ours), ("TRL", theirs, acc_trl)):
-        print(f"{name:<8}{r['median']:>8.2f}{r['s_per_step']:>9.2f}{r['rollout']:>9.2f}{r['reward']:>8.2f}"
-              f"{r['train']:>8.2f}{r['sync']:>7.2f}{acc:>10.3f}")
-    ratio = ours["median"] / theirs["median"]
+    ratios = []
+    for r, (ours, theirs) in enumerate(rounds):
+        if args.rounds > 1:
+            print(f"round {r + 1} ({'ours' if r % 2 == 0 else 'TRL'} first)")
+        for name, res, acc in (("ours", ours, acc_ours), ("TRL", theirs, acc_trl)):
+            print(f"{name:<8}{res['median']:>8.2f}{res['s_per_step']:>9.2f}{res['rollout']:>9.2f}"
+                  f"{res['reward']:>8.2f}{res['train']:>8.2f}{res['sync']:>7.2f}{acc:>10.3f}")
+        ratios.append(ours["median"] / theirs["median"])
+    ratio = statistics.median(ratios)
     ok = ratio <= 0.5 and acc_ours >= acc_trl
-    print(f"time ratio ours/TRL {ratio:.2f} (median s/step; mean {ours['s_per_step'] / theirs['s_per_step']:.2f}; "
+    each = f"; rounds {', '.join(f'{x:.2f}' for x in ratios)}" if len(ratios) > 1 else ""
+    mean_ratio = statistics.median(o["s_per_step"] / t["s_per_step"] for o, t in rounds)
+    print(f"time ratio ours/TRL {ratio:.2f} (median s/step{each}; mean {mean_ratio:.2f}; "
           f"goal <= 0.50), accuracy {acc_ours - acc_trl:+.3f} vs TRL "
           f"(goal >= 0): {'met' if ok else 'NOT met'}; outputs in {out}")
 

@@ -60,28 +60,29 @@ class StaticDecoder:
         self.model = model
         self.compiled = compile
         self._step = torch.compile(self._forward, dynamic=True) if compile else self._forward
-        self._moe_src: list[tuple[torch.Tensor, int]] = []  # the weights fused, and their versions
+        self._moe_src: list[tuple[torch.Tensor, int, int]] = []  # the weights fused: (tensor, version, data_ptr)
         self._moe_w: list[tuple[torch.Tensor, torch.Tensor] | None] = []
 
     def moe_weights(self) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
         """Per layer, the MoE experts' weights fused for `_moe_dense` (None for a dense FFN):
         w_in (sum 2 h_e, d) = [gate_1; up_1; ..] and w_out (d, sum h_e) = [down_1 ..], the shared
-        expert last. Built once and reused until a weight changes (a weight push copies in place,
-        which bumps the tensor's version, or replaces the tensor): concatenating them in every step
+        expert last. Built once and reused until a weight changes: a weight push copies in place
+        (which bumps the tensor's version), a tensor is replaced, or `.to()` / `.half()` swaps its
+        storage (a new data pointer). Concatenating them in every step
         cost 7% of an eager and 12% of a compiled engine call (64 rows x 40 tokens, one thread,
         A/B in one process)."""
         layers = self.model.model.layers
         params = [p for layer in layers if layer.is_moe for e in _experts(layer.ffn)
                   for p in (e.gate.weight, e.up.weight, e.down.weight)]
         fresh = len(params) == len(self._moe_src) and all(
-            p is q and p._version == v for p, (q, v) in zip(params, self._moe_src))
+            p is q and p._version == v and p.data_ptr() == ptr for p, (q, v, ptr) in zip(params, self._moe_src))
         if not fresh:
             with torch.no_grad():
                 self._moe_w = [
                     (torch.cat([w for e in _experts(layer.ffn) for w in (e.gate.weight, e.up.weight)]),
                      torch.cat([e.down.weight for e in _experts(layer.ffn)], dim=1)) if layer.is_moe else None
                     for layer in layers]
-            self._moe_src = [(p, p._version) for p in params]
+            self._moe_src = [(p, p._version, p.data_ptr()) for p in params]
         return self._moe_w
 
     @staticmethod

@@ -58,7 +58,8 @@ def test_static_step_equals_model_forward(tok, prompts, mode) -> None:
 
 def test_fused_expert_weights_follow_weight_changes(tok, prompts) -> None:
     """The experts' fused weights are built once and rebuilt after an in-place load (a weight
-    push) or a replaced tensor: the step keeps matching the model's forward."""
+    push), a replaced tensor or a dtype move (`.to()` keeps the tensor and its version, not its
+    storage: same version, new data pointer): the step keeps matching the model's forward."""
     torch.manual_seed(0)
     model = DSAForCausalLM(tiny_config(tok)).eval()
     decoder = StaticDecoder(model)
@@ -72,6 +73,8 @@ def test_fused_expert_weights_follow_weight_changes(tok, prompts) -> None:
     moe = next(layer.ffn for layer in model.model.layers if layer.is_moe)
     moe.experts[0].up.weight = torch.nn.Parameter(torch.randn_like(moe.experts[0].up.weight))  # replaced
     _compare(model, prompts, tok.pad_token_id, decoder)
+    model.to(torch.float64)  # new storage, same tensors and versions
+    assert decoder.moe_weights()[1][0].dtype == torch.float64
 
 
 def test_static_step_refuses_a_full_cache(model, tok) -> None:

@@ -63,26 +63,39 @@ class StaticDecoder:
         self._moe_src: list[tuple[torch.Tensor, int, int]] = []  # the weights fused: (tensor, version, data_ptr)
         self._moe_w: list[tuple[torch.Tensor, torch.Tensor] | None] = []
 
-    def moe_weights(self) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
-        """Per layer, the MoE experts' weights fused for `_moe_dense` (None for a dense FFN):
-        w_in (sum 2 h_e, d) = [gate_1; up_1; ..] and w_out (d, sum h_e) = [down_1 ..], the shared
-        expert last. Built once and reused until a weight changes: a weight push copies in place
-        (which bumps the tensor's version), a tensor is replaced, or `.to()` / `.half()` swaps its
-        storage (a new data pointer). Concatenating them in every step
-        cost 7% of an eager and 12% of a compiled engine call (64 rows x 40 tokens, one thread,
-        A/B in one process)."""
-        layers = self.model.model.layers
-        params = [p for layer in layers if layer.is_moe for e in _experts(layer.ffn)
+    def invalidate(self) -> None:
+        """Forget the fused expert weights (the weights changed); the next step rebuilds them."""
+        self._moe_src = []
+
+    def refresh(self) -> None:
+        """Rebuild the fused expert weights if a weight visibly changed: a tensor was replaced,
+        copied into in place by `load_state_dict` (its version moved), or moved to a new
+        storage by `.to()` / `.half()` (a new data pointer). Writes that bypass the version counter
+        (a collective's in-place receive, `p.data.copy_`) are not visible here: after those, set
+        `RolloutEngine.weight_version` (or call `invalidate`). The engine calls this once per
+        micro-batch; the step itself reuses what it finds."""
+        params = [p for layer in self.model.model.layers if layer.is_moe for e in _experts(layer.ffn)
                   for p in (e.gate.weight, e.up.weight, e.down.weight)]
         fresh = len(params) == len(self._moe_src) and all(
-            p is q and p._version == v and p.data_ptr() == ptr for p, (q, v, ptr) in zip(params, self._moe_src))
+            p is q and _version(p) == v and p.data_ptr() == ptr for p, (q, v, ptr) in zip(params, self._moe_src))
         if not fresh:
+            layers = self.model.model.layers
             with torch.no_grad():
                 self._moe_w = [
                     (torch.cat([w for e in _experts(layer.ffn) for w in (e.gate.weight, e.up.weight)]),
                      torch.cat([e.down.weight for e in _experts(layer.ffn)], dim=1)) if layer.is_moe else None
                     for layer in layers]
-            self._moe_src = [(p, p._version, p.data_ptr()) for p in params]
+            self._moe_src = [(p, _version(p), p.data_ptr()) for p in params]
+
+    def moe_weights(self) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Per layer, the MoE experts' weights fused for `_moe_dense` (None for a dense FFN):
+        w_in (sum 2 h_e, d) = [gate_1; up_1; ..] and w_out (d, sum h_e) = [down_1 ..], the shared
+        expert last; built on first use and kept until `invalidate` or `refresh` finds a change.
+        Concatenating them in every step cost 7% of an eager and 12% of a compiled engine call
+        (64 rows x 40 tokens, one thread, A/B in one process). Memory: one more copy of the
+        experts' weights."""
+        if not self._moe_src:
+            self.refresh()
         return self._moe_w
 
     @staticmethod
@@ -172,6 +185,11 @@ class StaticDecoder:
             o_lat = attn._masked(q_cat, latents, allowed)[0]
         o = attn.kv_b(o_lat, "expand_values")  # (B, 1, H, dv)
         return attn.o(o.reshape(B, 1, attn.n_heads * attn.dv)), sel
+
+
+def _version(t: torch.Tensor) -> int:
+    """The tensor's version counter (inference-mode tensors have none: 0)."""
+    return 0 if t.is_inference() else t._version
 
 
 def _experts(moe: MoE) -> list:

@@ -88,8 +88,7 @@ class RolloutEngine:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or EngineConfig()
-        self.weight_version = 0
-        """Stamped on every trajectory; the worker sets it when it loads weights."""
+        self._weight_version = 0
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.eos_ids = _as_ids(tokenizer.eos_token_id) | _as_ids(model.config.eos_token_id)
         self._seed = seed
@@ -99,6 +98,18 @@ class RolloutEngine:
                         if self.config.static_decode and StaticDecoder.supports(model) else None)
 
     # ---- public API -----------------------------------------------------------------------------
+    @property
+    def weight_version(self) -> int:
+        """Stamped on every trajectory; whoever changes the weights sets it (the worker, after a
+        load or a broadcast), which also drops the decode step's fused copies of them."""
+        return self._weight_version
+
+    @weight_version.setter
+    def weight_version(self, version: int) -> None:
+        self._weight_version = version
+        if getattr(self, "_static", None) is not None:
+            self._static.invalidate()
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -191,6 +202,8 @@ class RolloutEngine:
         rec_topk = self.config.record_topk and cfg.attention_mode == "sparse"
         recording = rec_routes or rec_topk
 
+        if self._static is not None:
+            self._static.refresh()  # the experts' fused weights, if a weight changed in place
         cache, logits, routes_list, topk_list = self._prefill(prompts, ids, mask, P + N, rec_routes, rec_topk)
 
         # Per-step records, indexed by original row and step; entries past a row's end are garbage.

@@ -57,24 +57,53 @@ def test_static_step_equals_model_forward(tok, prompts, mode) -> None:
 
 
 def test_fused_expert_weights_follow_weight_changes(tok, prompts) -> None:
-    """The experts' fused weights are built once and rebuilt after an in-place load (a weight
-    push), a replaced tensor or a dtype move (`.to()` keeps the tensor and its version, not its
-    storage: same version, new data pointer): the step keeps matching the model's forward."""
+    """The experts' fused weights are built once; `refresh` rebuilds them after an in-place load
+    (a weight push), a replaced tensor or a dtype move (`.to()` keeps the tensor and its version,
+    not its storage): the step keeps matching the model's forward."""
     torch.manual_seed(0)
     model = DSAForCausalLM(tiny_config(tok)).eval()
     decoder = StaticDecoder(model)
     first = decoder.moe_weights()
+    decoder.refresh()
     assert decoder.moe_weights() is first  # reused while nothing changed
     torch.manual_seed(1)
-    other = DSAForCausalLM(tiny_config(tok)).state_dict()
-    model.load_state_dict(other)  # in place
+    model.load_state_dict(DSAForCausalLM(tiny_config(tok)).state_dict())  # in place
+    decoder.refresh()
     assert decoder.moe_weights() is not first
     _compare(model, prompts, tok.pad_token_id, decoder)
     moe = next(layer.ffn for layer in model.model.layers if layer.is_moe)
     moe.experts[0].up.weight = torch.nn.Parameter(torch.randn_like(moe.experts[0].up.weight))  # replaced
+    decoder.refresh()
     _compare(model, prompts, tok.pad_token_id, decoder)
     model.to(torch.float64)  # new storage, same tensors and versions
+    decoder.refresh()
     assert decoder.moe_weights()[1][0].dtype == torch.float64
+
+
+def test_engine_drops_fused_weights_on_a_new_weight_version(tok, prompts) -> None:
+    """A collective's in-place receive (here `p.data.copy_`, which moves no version counter, as
+    the worker's broadcast does) is invisible to `refresh`; setting the engine's weight_version,
+    as the worker does after every load, drops the fused copy: the engine then decodes exactly as
+    a fresh one over the new weights. A model made under inference mode decodes too."""
+    torch.manual_seed(0)
+    model = DSAForCausalLM(tiny_config(tok)).eval()
+    eng = RolloutEngine(model, tok)
+    params = SamplingParams(greedy=True, max_new_tokens=10)
+    eng.generate(prompts, params)  # builds the fused weights
+    torch.manual_seed(1)
+    new = DSAForCausalLM(tiny_config(tok)).eval()
+    with torch.no_grad():
+        for p, q in zip(model.state_dict().values(), new.state_dict().values()):
+            p.data.copy_(q)
+    eng.weight_version = 1
+    got = eng.generate(prompts, params)
+    ref = RolloutEngine(new, tok).generate(prompts, params)
+    assert all(torch.equal(a.tokens, b.tokens) and torch.allclose(a.logprobs, b.logprobs, atol=1e-6)
+               for a, b in zip(got, ref))
+    with torch.inference_mode():
+        torch.manual_seed(0)
+        frozen = DSAForCausalLM(tiny_config(tok)).eval()
+    assert len(RolloutEngine(frozen, tok).generate(prompts, params)) == len(prompts)
 
 
 def test_static_step_refuses_a_full_cache(model, tok) -> None:

@@ -26,7 +26,9 @@ finished rows stop costing compute.
 Departures from a textbook sampler: the log-probability of a greedy token is under the untruncated
 softmax at the given temperature; top-k keeps every id tied with the k-th value. Reproducibility:
 the same seed, prompts, parameters, model and device give the same trajectories (the batch split
-into micro-batches of `max_batch_size` rows, in order of decreasing prompt length, is part of that).
+into micro-batches of `max_batch_size` rows, in order of decreasing prompt length, is part of that,
+and so is which equal prompts share a micro-batch: they are prefilled once, and a smaller prefill
+batch rounds differently).
 """
 from __future__ import annotations
 

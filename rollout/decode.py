@@ -74,12 +74,12 @@ class StaticDecoder:
         (a collective's in-place receive, `p.data.copy_`) are not visible here: after those, set
         `RolloutEngine.weight_version` (or call `invalidate`). The engine calls this once per
         micro-batch; the step itself reuses what it finds."""
-        params = [p for layer in self.model.model.layers if layer.is_moe for e in _experts(layer.ffn)
+        layers = self.model.model.layers
+        params = [p for layer in layers if layer.is_moe for e in _experts(layer.ffn)
                   for p in (e.gate.weight, e.up.weight, e.down.weight)]
         fresh = len(params) == len(self._moe_src) and all(
             p is q and _version(p) == v and p.data_ptr() == ptr for p, (q, v, ptr) in zip(params, self._moe_src))
         if not fresh:
-            layers = self.model.model.layers
             with torch.no_grad():
                 self._moe_w = [
                     (torch.cat([w for e in _experts(layer.ffn) for w in (e.gate.weight, e.up.weight)]),

@@ -279,13 +279,16 @@ class RolloutEngine:
         rows, last logits and records copied. Returns (cache, logits (B, V), per-layer routes
         (B, P, k) or None, per-layer selections (B, P, index_topk) or None)."""
         model = self.model
-        first: dict[tuple[int, ...], int] = {}
-        which = [first.setdefault(tuple(p), len(first)) for p in prompts]  # row -> its unique prompt
-        dedupe = len(first) < len(prompts)
+        unique: dict[tuple[int, ...], int] = {}  # prompt -> its index among the unique prompts
+        src: list[int] = []  # unique prompt -> the first row holding it
+        which: list[int] = []  # row -> its unique prompt
+        for b, p in enumerate(prompts):
+            if tuple(p) not in unique:
+                unique[tuple(p)] = len(src)
+                src.append(b)
+            which.append(unique[tuple(p)])
+        dedupe = len(src) < len(prompts)
         if dedupe:
-            src = [0] * len(first)
-            for b in reversed(range(len(prompts))):
-                src[which[b]] = b  # the first row holding each unique prompt
             src_t = torch.tensor(src, dtype=torch.long, device=ids.device)  # (B_unique,)
             ids, mask = ids[src_t], mask[src_t]
         cache = model.new_cache(ids.shape[0], capacity)

@@ -71,13 +71,13 @@ def test_fused_expert_weights_follow_weight_changes(tok, prompts) -> None:
     decoder.refresh()
     assert decoder.moe_weights() is not first
     _compare(model, prompts, tok.pad_token_id, decoder)
-    moe = next(layer.ffn for layer in model.model.layers if layer.is_moe)
+    i, moe = next((i, layer.ffn) for i, layer in enumerate(model.model.layers) if layer.is_moe)
     moe.experts[0].up.weight = torch.nn.Parameter(torch.randn_like(moe.experts[0].up.weight))  # replaced
     decoder.refresh()
     _compare(model, prompts, tok.pad_token_id, decoder)
     model.to(torch.float64)  # new storage, same tensors and versions
     decoder.refresh()
-    assert decoder.moe_weights()[1][0].dtype == torch.float64
+    assert decoder.moe_weights()[i][0].dtype == torch.float64
 
 
 def test_engine_drops_fused_weights_on_a_new_weight_version(tok, prompts) -> None:

@@ -27,7 +27,8 @@ import torch
 from rl.policy import DSACache, DSAConfig, DSAForCausalLM
 from rl.policy.flops import attention_macs_per_key, indexer_macs_per_key, linear_macs_per_token
 from rl.policy.layers import rope_cos_sin
-from rl.policy.mla import AttentionContext, MLAttention
+from rl.policy.mla import MLAttention
+from rl.policy.sparse import AttentionContext
 
 
 def one_layer_config() -> DSAConfig:

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from rl.policy.convert import policy_sequence_macs as sequence_forward_macs  # native or converted
+from rl.policy.factory import policy_sequence_macs as sequence_forward_macs  # native or converted
 
 if TYPE_CHECKING:
     from rl.config import BudgetConfig
@@ -100,6 +100,14 @@ class Budget:
     def step_done(self) -> None:
         self.spent.steps += 1
         self.tick()
+
+    def add_step(self, model_cfg: DSAConfig, seq_lens: list[int], new_tokens: int, epochs: int,
+                 with_reference: bool) -> None:
+        """Account one GRPO step: its rollouts (``new_tokens`` sampled), the training on them, the step."""
+        mode = model_cfg.attention_mode
+        self.add_rollout(model_cfg, seq_lens, new_tokens, mode)
+        self.add_train(model_cfg, seq_lens, mode, epochs, with_reference)
+        self.step_done()
 
     def exhausted(self) -> str | None:
         """The first limit reached, as ``"max_steps (100 >= 100)"``, or None."""

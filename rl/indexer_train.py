@@ -148,7 +148,8 @@ def load_policy(cfg: TrainConfig) -> tuple[Any, Any]:
     """The model (converted if ``model.path`` is a plain Llama/Qwen2 checkpoint) and its tokenizer."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from rl.policy.convert import DSALlamaConfig, convert_model
+    from rl.policy.convert import convert_model
+    from rl.policy.llama import DSALlamaConfig
     from rl.policy.tokenizer import load_tokenizer
 
     path = cfg.model.path
@@ -187,9 +188,9 @@ def train_stage(model: Any, data: torch.Tensor, cfg: TrainConfig, budget: Any,
     data: (N, T) packed token ids, cycled in a seeded shuffle. Returns the loss of every step."""
     import deepspeed
 
-    from rl.distributed import init_distributed
-    from rl.policy.convert import sequence_forward_macs
+    from rl.policy.flops import gqa_sequence_forward_macs as sequence_forward_macs
     from rl.policy.indexer_loss import indexer_parameters
+    from rl.process_group import init_distributed
 
     ic = cfg.indexer
     if cfg.deepspeed.zero_stage == 3 or cfg.deepspeed.num_processes != 1:

@@ -13,9 +13,9 @@ a micro-batch:
   causal & not-padding rule at decode);
 - sparse mode scores every slot with the lightning indexer and selects with the model's own
   `select_topk` (ties toward the lower position; under `torch.compile` its branch-free exact
-  rule), then attends over the k gathered latents (MQA / absorbed form, `MLAttention._gathered`);
+  rule), then attends over the k gathered latents (MQA / absorbed form, `MLAttention.attend_gathered`);
   when fewer than k slots are valid this selects all of them, which is the model's dense attention;
-  dense mode attends over all valid slots in the absorbed form (`MLAttention._masked`);
+  dense mode attends over all valid slots in the absorbed form (`MLAttention.attend_masked`);
 - MoE layers route with the model's gate (`MoE.route`), then run every routed expert on every row
   and weight the rows by their (zero for unchosen) routing weights. Decode is bound by reading
   weights: once B x num_experts_per_tok >= n_routed_experts nearly every expert is read anyway, and
@@ -44,10 +44,10 @@ import torch
 
 from rl.policy.cache import DSACache
 from rl.policy.indexer import index_scores, select_topk
-from rl.policy.layers import rope_cos_sin
-from rl.policy.mla import AttentionContext, MLAttention
+from rl.policy.mla import MLAttention
 from rl.policy.modeling import DSAForCausalLM
 from rl.policy.moe import MoE
+from rl.policy.sparse import AttentionContext
 
 
 class StaticDecoder:
@@ -141,12 +141,9 @@ class StaticDecoder:
         h = model.model.embed_tokens(tokens[:, None])  # (B, 1, d)
         valid.index_fill_(1, slot, True)
         pos = positions[:, None]  # (B, 1)
-        ctx = AttentionContext(
-            start=0, key_valid=valid, mode=mode,
-            rope=rope_cos_sin(pos, cfg.qk_rope_head_dim, cfg.rope_theta),
-            index_rope=rope_cos_sin(pos, cfg.index_head_dim // 2, cfg.rope_theta),
-            want_topk=want_topk, want_indexer_loss=False,
-        )
+        rope, index_rope = model.rope_tables(h, pos)
+        ctx = AttentionContext(start=0, key_valid=valid, mode=mode, rope=rope, index_rope=index_rope,
+                               want_topk=want_topk, want_indexer_loss=False)
         allowed = valid[:, None, :]  # (B, 1, capacity)
         routes, sels = [], []
         for i, layer in enumerate(model.model.layers):
@@ -178,11 +175,11 @@ class StaticDecoder:
         if ctx.mode == "sparse":
             scores = index_scores(p["index_q"], keys.float(), p["index_w"])  # (B, 1, cap)
             sel = select_topk(scores, allowed, attn.topk)  # (B, 1, k)
-            o_lat = attn._gathered(p["q_cat"], latents, sel)[0]  # (B, 1, H, kv_lora)
+            o_lat = attn.attend_gathered(p["q_cat"], latents, sel)[0]  # (B, 1, H, kv_lora)
         else:
             sel = None
             q_cat = torch.cat([attn.kv_b(p["q_nope"], "absorb_query"), p["q_rope"]], dim=-1)  # (B, 1, H, kv_lora+dr)
-            o_lat = attn._masked(q_cat, latents, allowed)[0]
+            o_lat = attn.attend_masked(q_cat, latents, allowed)[0]
         o = attn.kv_b(o_lat, "expand_values")  # (B, 1, H, dv)
         return attn.o(o.reshape(B, 1, attn.n_heads * attn.dv)), sel
 

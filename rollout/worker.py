@@ -54,7 +54,7 @@ class RolloutWorker:
     def __init__(self, model_config, tokenizer: str | None = None, engine_config: EngineConfig | None = None, *,
                  state_dict: dict | None = None, num_threads: int | None = None, device: str | None = None,
                  init_seed: int = 0) -> None:
-        from rl.policy.convert import build_policy, policy_config
+        from rl.policy.factory import build_policy, policy_config
         from rl.policy.tokenizer import load_tokenizer
 
         if num_threads:

@@ -21,7 +21,35 @@ ATTENTION_MODES = ("sparse", "dense")
 MOE_GATES = ("sigmoid", "softmax")
 
 
-class DSAConfig(PreTrainedConfig):
+class DSASparseConfig(PreTrainedConfig):
+    """The DSA settings every DSA policy's config has (the native `DSAConfig` and the converted
+    `DSALlamaConfig`): the lightning indexer's shape, k, the attention mode and the indexer loss."""
+
+    index_n_heads: int = 4
+    """Lightning-indexer query heads H_I."""
+    index_head_dim: int = 32
+    """Lightning-indexer head dim d_I (RoPE on the first half). Must be even and d_I/2 even."""
+    index_topk: int = 32
+    """k: keys each query attends to in sparse mode."""
+    attention_mode: str = "sparse"
+    """'sparse' (DSA: indexer + top-k) or 'dense' (full causal attention, the oracle); per-call override."""
+    attention_chunk_size: int = 1024
+    """Query rows processed at once per layer in prefill/training (bounds the B x C x S score memory)."""
+    indexer_loss_weight: float = 1.0
+    """Weight of the indexer KL loss when it is added to `output.loss` (V3.2 does not disclose it)."""
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        if self.attention_mode not in ATTENTION_MODES:
+            raise ValueError(f"attention_mode={self.attention_mode!r}: allowed {ATTENTION_MODES}")
+        if self.index_head_dim % 4 != 0:
+            raise ValueError(f"index_head_dim={self.index_head_dim}: must be a multiple of 4 (half-split RoPE "
+                             "on the first half needs an even rope width)")
+        if self.index_topk < 1 or self.attention_chunk_size < 1:
+            raise ValueError("index_topk and attention_chunk_size must be >= 1")
+        super().__post_init__(**kwargs)
+
+
+class DSAConfig(DSASparseConfig):
     """Configuration of `DSAForCausalLM`. Defaults = the `tiny` preset."""
 
     model_type: ClassVar[str] = "dsa"
@@ -44,18 +72,6 @@ class DSAConfig(PreTrainedConfig):
     """Per-head RoPE dims; the RoPE key (this many dims) is shared by all heads and cached."""
     v_head_dim: int = 32
     """Per-head value dims."""
-    index_n_heads: int = 4
-    """Lightning-indexer query heads H_I."""
-    index_head_dim: int = 32
-    """Lightning-indexer head dim d_I (RoPE on the first half). Must be even and d_I/2 even."""
-    index_topk: int = 32
-    """k: keys each query attends to in sparse mode."""
-    attention_mode: str = "sparse"
-    """'sparse' (DSA: indexer + top-k) or 'dense' (full causal MLA, the oracle); per-call override."""
-    attention_chunk_size: int = 1024
-    """Query rows processed at once per layer in prefill/training (bounds the B x C x S score memory)."""
-    indexer_loss_weight: float = 1.0
-    """Weight of the indexer KL loss when it is added to `output.loss` (V3.2 does not disclose it)."""
     intermediate_size: int = 384
     """Hidden width of the dense SwiGLU FFN (layers < first_k_dense_replace, or all when no MoE)."""
     moe_intermediate_size: int = 128
@@ -89,17 +105,10 @@ class DSAConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
-        if self.attention_mode not in ATTENTION_MODES:
-            raise ValueError(f"attention_mode={self.attention_mode!r}: allowed {ATTENTION_MODES}")
         if self.moe_gate not in MOE_GATES:
             raise ValueError(f"moe_gate={self.moe_gate!r}: allowed {MOE_GATES}")
-        if self.index_head_dim % 4 != 0:
-            raise ValueError(f"index_head_dim={self.index_head_dim}: must be a multiple of 4 (half-split RoPE "
-                             "on the first half needs an even rope width)")
         if self.qk_rope_head_dim % 2 != 0:
             raise ValueError(f"qk_rope_head_dim={self.qk_rope_head_dim}: must be even")
-        if self.index_topk < 1 or self.attention_chunk_size < 1:
-            raise ValueError("index_topk and attention_chunk_size must be >= 1")
         if self.n_routed_experts > 0 and not 1 <= self.num_experts_per_tok <= self.n_routed_experts:
             raise ValueError(f"num_experts_per_tok={self.num_experts_per_tok}: must be in "
                              f"[1, n_routed_experts={self.n_routed_experts}]")

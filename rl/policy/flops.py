@@ -19,6 +19,7 @@ V3.2 at L = 128K, one layer's core, absorbed dense vs DSA: 128*(576+512) = 139,2
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from rl.policy.configuration import DSAConfig
 
@@ -91,6 +92,20 @@ def forward_macs_per_token(
     )
 
 
+def attended_pairs(seq_len: int, k: int, mode: str) -> tuple[int, int]:
+    """(query, attended key) pairs of one causal sequence: (attended, all causal). Token t (1-based)
+    sees t keys; sparse mode attends min(k, t) of them.
+
+    >>> attended_pairs(4, 2, "sparse")  # 1 + 2 + 2 + 2 attended of 1 + 2 + 3 + 4
+    (7, 10)
+    """
+    all_pairs = seq_len * (seq_len + 1) // 2  # sum_t t
+    if mode == "dense":
+        return all_pairs, all_pairs
+    m = min(k, seq_len)
+    return m * (m + 1) // 2 + (seq_len - m) * k, all_pairs  # sum_t min(k, t)
+
+
 def sequence_forward_macs(
     config: DSAConfig, seq_len: int, mode: str = "sparse", absorbed: bool | None = None
 ) -> ForwardCost:
@@ -102,12 +117,7 @@ def sequence_forward_macs(
         raise ValueError(f"mode={mode!r}: allowed 'sparse', 'dense'")
     absorbed = (mode == "sparse") if absorbed is None else absorbed
     L, k, n_layers = seq_len, config.index_topk, config.num_hidden_layers
-    all_pairs = L * (L + 1) // 2  # sum_t t
-    if mode == "dense":
-        pairs = all_pairs
-    else:
-        m = min(k, L)
-        pairs = m * (m + 1) // 2 + (L - m) * k  # sum_t min(k, t)
+    pairs, all_pairs = attended_pairs(L, k, mode)
     indexer = n_layers * indexer_macs_per_key(config) * all_pairs if mode == "sparse" and L > k else 0
     return ForwardCost(
         linear=linear_macs_per_token(config) * L,
@@ -135,3 +145,20 @@ def parameter_count(config: DSAConfig, active_only: bool = False) -> int:
     layers += (c.num_hidden_layers - n_moe) * 3 * d * c.intermediate_size
     embed = 0 if active_only else c.vocab_size * d
     return layers + embed + d + d * c.vocab_size
+
+
+def gqa_sequence_forward_macs(config: Any, seq_len: int, mode: str = "sparse") -> ForwardCost:
+    """Forward MACs of one sequence of a converted Llama/Qwen2 (`dsa_llama`).
+
+    Linear: q/k/v/o + indexer projections + SwiGLU + LM head per token. Attention: H * (D + D) per
+    (query, attended key); the masked sparse path still scores every key but counts as attending k
+    (what a gathered kernel would cost). Indexer: H_I * (d_I + 1) per (query, key) when it runs."""
+    c, L = config, seq_len
+    d, H, Hkv, D = c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    attn_lin = d * H * D * 2 + d * Hkv * D * 2
+    idx_lin = d * c.index_n_heads * c.index_head_dim + d * c.index_head_dim + d * c.index_n_heads
+    linear = L * (c.num_hidden_layers * (attn_lin + idx_lin + 3 * d * c.intermediate_size) + d * c.vocab_size)
+    pairs, all_pairs = attended_pairs(L, c.index_topk, mode)
+    indexer = c.num_hidden_layers * c.index_n_heads * (c.index_head_dim + 1) * all_pairs \
+        if mode == "sparse" and L > c.index_topk else 0
+    return ForwardCost(linear=linear, attention=c.num_hidden_layers * H * 2 * D * pairs, indexer=indexer)

@@ -38,40 +38,14 @@ which it only takes when dn + dv <= C, so that stays within the O(B H C S) of th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rl.policy.cache import DSACache
 from rl.policy.configuration import DSAConfig
-from rl.policy.indexer import LightningIndexer, chunk_selection, index_scores, indices_to_mask
-from rl.policy.indexer_loss import indexer_kl
+from rl.policy.indexer import LightningIndexer, indices_to_mask
 from rl.policy.layers import RMSNorm, apply_rope
-
-
-@dataclass
-class AttentionContext:
-    """Per-forward inputs shared by every layer (built once by the model)."""
-
-    start: int
-    """Cache slots filled before this call (0 without a cache); the T new tokens go to start..start+T-1."""
-    key_valid: torch.Tensor
-    """(B, S) bool, S = start + T: False for padding slots."""
-    mode: str
-    """'sparse' or 'dense'."""
-    rope: tuple[torch.Tensor, torch.Tensor]
-    """MLA RoPE cos/sin, each (B, T, qk_rope_head_dim / 2)."""
-    index_rope: tuple[torch.Tensor, torch.Tensor]
-    """Indexer RoPE cos/sin, each (B, T, index_head_dim / 4)."""
-    want_topk: bool
-    """Return the selected positions of every query."""
-    want_indexer_loss: bool
-    """Compute the indexer KL loss (dense mode: warm-up loss over all keys; sparse: over the selection)."""
-    allowed_memo: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
-    """`MLAttention._allowed` results, shared by every layer of one forward (single-chunk calls only)."""
-
+from rl.policy.sparse import AttentionContext, CoreOut, SparseAttention
 
 PATHS = ("gather", "absorbed", "expanded")
 
@@ -152,8 +126,9 @@ def gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return flat.index_select(0, (idx + offset).view(-1)).view(B, C, k, D)
 
 
-class MLAttention(nn.Module):
-    """One MLA + DSA attention layer (projections, lightning indexer, cache writes, attention)."""
+class MLAttention(SparseAttention):
+    """One MLA + DSA attention layer: MLA projections and attention cores over the shared DSA core
+    (`rl.policy.sparse.SparseAttention`: indexer, cache write, selection, replay, KL)."""
 
     def __init__(self, config: DSAConfig, layer_idx: int) -> None:
         super().__init__()
@@ -173,34 +148,19 @@ class MLAttention(nn.Module):
         self.o = nn.Linear(self.n_heads * self.dv, config.hidden_size, bias=False)
         self.indexer = LightningIndexer(config)
 
-    # ---- pieces ---------------------------------------------------------------------------------
-    def _path(self, num_queries: int, num_keys: int) -> str:
-        """Sparse path of a call (see `attention_path`)."""
-        return attention_path(num_queries, num_keys, self.topk, self.n_heads, self.kv_lora, self.dn, self.dv,
+    # ---- the SparseAttention hooks --------------------------------------------------------------
+    def path(self, num_queries: int, num_keys: int, ctx: AttentionContext) -> str:
+        """Dense mode: "expanded"; sparse: `attention_path` (not "gather" when maps are asked for)."""
+        if ctx.mode == "dense":
+            return "expanded"
+        path = attention_path(num_queries, num_keys, self.topk, self.n_heads, self.kv_lora, self.dn, self.dv,
                               self.chunk)
-
-    def _allowed(self, ctx: AttentionContext, q0: int, q1: int) -> torch.Tensor:
-        """(B, q1-q0, S) bool: key s visible to query slot start+i (causal, not padding, or itself).
-        Computed once per forward when one chunk holds every query (memoised in ctx: decode and short
-        calls); callers must not modify it."""
-        if (q0, q1) in ctx.allowed_memo:
-            return ctx.allowed_memo[(q0, q1)]
-        S = ctx.key_valid.shape[1]
-        key_pos = torch.arange(S, device=ctx.key_valid.device)
-        q_pos = ctx.start + torch.arange(q0, q1, device=ctx.key_valid.device)
-        causal = key_pos[None, :] <= q_pos[:, None]  # (C, S)
-        is_self = key_pos[None, :] == q_pos[:, None]
-        allowed = causal & (ctx.key_valid[:, None, :] | is_self)
-        # One chunk holds every query: keep it (memory stays O(B C S)); not under torch.compile,
-        # where the dict would add guards.
-        if q1 - q0 == S - ctx.start and not torch.compiler.is_compiling():
-            ctx.allowed_memo[(q0, q1)] = allowed
-        return allowed
+        return "absorbed" if path == "gather" and ctx.want_maps else path
 
     def project(self, h: torch.Tensor, ctx: AttentionContext) -> dict[str, torch.Tensor]:
-        """Per-token projections of h (B, T, d): query latent, RoPE'd queries, the new cache entries,
-        the absorbed query (sparse mode, unless the call takes the expanded path) and (sparse mode /
-        indexer loss) the indexer's queries and head weights.
+        """Per-token projections of h (B, T, d): query latent, RoPE'd queries, the new cache entries
+        [c_kv; k_rope], the absorbed query (unless the call takes the expanded path) and (when the
+        indexer runs) the indexer's queries and head weights.
         Everything here costs O(1) per token; `attend` holds all the work that grows with context."""
         B, T, _ = h.shape
         cos, sin = ctx.rope
@@ -214,98 +174,39 @@ class MLAttention(nn.Module):
             "entry": torch.cat([self.kv_norm(c_kv), apply_rope(k_rope, cos, sin)], dim=-1),  # (B, T, kv_lora+dr)
             "index_k": self.indexer.keys(h, *ctx.index_rope),  # (B, T, d_I)
         }
-        if ctx.mode == "sparse" and self._path(T, ctx.key_valid.shape[1]) != "expanded":
+        if self.path(T, ctx.key_valid.shape[1], ctx) != "expanded":
             p["q_cat"] = torch.cat([self.kv_b(q_nope, "absorb_query"), p["q_rope"]], dim=-1)  # (B, T, H, kv_lora+dr)
-        if ctx.mode == "sparse" or ctx.want_indexer_loss:
+        if self.indexer_needed(ctx):
             p["index_q"] = self.indexer.queries(q_latent, *ctx.index_rope)  # (B, T, H_I, d_I) fp32
             p["index_w"] = self.indexer.head_weights(h)  # (B, T, H_I) fp32
         return p
 
-    def forward(
-        self,
-        h: torch.Tensor,
-        ctx: AttentionContext,
-        cache: DSACache | None,
-        topk_indices: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """h: (B, T, d). topk_indices: optional (B, T, index_topk) selection to enforce (replay).
+    def prepare(self, p: dict[str, torch.Tensor], latents: torch.Tensor, path: str):
+        """Expanded path: K/V decompressed per head once, (B, S, H, dn) and (B, S, H, dv); else None."""
+        if path != "expanded":
+            return None
+        B, S = latents.shape[:2]
+        kv = self.kv_b(latents[..., : self.kv_lora]).view(B, S, self.n_heads, self.dn + self.dv)
+        return kv.split([self.dn, self.dv], dim=-1)
 
-        Returns a tuple (ZeRO-3's hooks see through tuples, not dataclasses):
-        - hidden (B, T, d): attention output after W_o;
-        - topk_indices (B, T, index_topk) long, ascending positions, -1 padded (sparse mode and
-          ctx.want_topk only, else None);
-        - indexer KL sum: scalar, sum over non-padding queries of the per-query indexer KL
-          (ctx.want_indexer_loss only, else None)."""
-        if ctx.mode == "dense" and topk_indices is not None:
-            raise ValueError("topk_indices (selection replay) needs attention_mode='sparse'")
-        p = self.project(h, ctx)
-        if cache is not None:
-            latents, keys_i = cache.write(self.layer_idx, ctx.start, p["entry"], p["index_k"])  # (B, S, .)
+    def core(self, state, p, latents, q0, q1, sel, allowed, path) -> CoreOut:
+        """Query rows q0:q1 over the latents (B, S, kv_lora+dr) on `path`."""
+        if path == "gather":
+            o_lat, probs, support = self.attend_gathered(p["q_cat"][:, q0:q1], latents, sel)
+            return CoreOut(self.kv_b(o_lat, "expand_values"), probs, 2, support, sel)  # (B, C, H, dv)
+        mask = allowed if sel is None else allowed & indices_to_mask(sel, latents.shape[1])  # (B, C, S)
+        if path == "expanded":
+            k_nope, values = state
+            o, probs = self._dense(p["q_nope"][:, q0:q1], p["q_rope"][:, q0:q1], k_nope, latents, values, mask)
         else:
-            latents, keys_i = p["entry"], p["index_k"]
-        out, topk, kl_sum = self.attend(p, latents, keys_i, ctx, topk_indices)
-        return self.o(out), topk, kl_sum
+            o_lat, probs = self.attend_masked(p["q_cat"][:, q0:q1], latents, mask)
+            o = self.kv_b(o_lat, "expand_values")  # (B, C, H, dv)
+        return CoreOut(o, probs, 1, mask)
 
-    def attend(
-        self,
-        p: dict[str, torch.Tensor],
-        latents: torch.Tensor,
-        keys_i: torch.Tensor,
-        ctx: AttentionContext,
-        topk_indices: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """The attention proper, given projections `p` and all keys: latents (B, S, kv_lora+dr),
-        indexer keys (B, S, d_I). Returns (heads output (B, T, H*dv) before W_o, selection, KL sum)."""
-        h, q_nope, q_rope = p["h"], p["q_nope"], p["q_rope"]
-        B, T, H, _ = q_nope.shape
-        S = latents.shape[1]
-        # Select with the indexer unless replaying, or unless every key fits in k and nobody asked.
-        need_selection = ctx.mode == "sparse" and topk_indices is None and (S > self.topk or ctx.want_topk)
-        run_indexer = need_selection or ctx.want_indexer_loss
-        if run_indexer:
-            index_q, index_w, keys_f = p["index_q"], p["index_w"], keys_i.float()
-        path = "expanded" if ctx.mode == "dense" else self._path(T, S)
-        if path == "expanded":  # K/V decompressed per head once: (B, S, H, dn), (B, S, H, dv)
-            kv = self.kv_b(latents[..., : self.kv_lora]).view(B, S, H, self.dn + self.dv)
-            k_nope, values = kv.split([self.dn, self.dv], dim=-1)
-        else:  # absorbed query [W_UK^T q_nope; q_rope]: (B, T, H, kv_lora+dr), made by project()
-            q_cat = p["q_cat"]
+    def output(self, out: torch.Tensor) -> torch.Tensor:
+        return self.o(out)
 
-        outs, sels = [], []
-        kl_sum = h.new_zeros((), dtype=torch.float32) if ctx.want_indexer_loss else None
-        for q0 in range(0, T, self.chunk):
-            q1 = min(T, q0 + self.chunk)
-            allowed = self._allowed(ctx, q0, q1)  # (B, C, S)
-            scores_i = None
-            if run_indexer:  # no autograd graph unless the KL loss needs one
-                with torch.set_grad_enabled(torch.is_grad_enabled() and ctx.want_indexer_loss):
-                    scores_i = index_scores(index_q[:, q0:q1], keys_f, index_w[:, q0:q1])  # (B, C, S)
-            sel = None
-            if ctx.mode == "sparse":
-                sel = chunk_selection(topk_indices, q0, q1, scores_i, allowed, self.topk, need_selection)  # (B, C, k)
-                if sel is not None and ctx.want_topk:
-                    sels.append(sel)
-            if path == "gather":
-                o_lat, probs, support = self._gathered(q_cat[:, q0:q1], latents, sel)
-                if kl_sum is not None:
-                    scores_sel = scores_i.gather(-1, sel.clamp(min=0))  # (B, C, k)
-                    kl_sum = kl_sum + self._kl(scores_sel, probs, 2, support, ctx, q0)
-                outs.append(self.kv_b(o_lat, "expand_values"))  # (B, C, H, dv)
-                continue
-            mask = allowed if sel is None else allowed & indices_to_mask(sel, S)  # (B, C, S)
-            if path == "expanded":
-                o, probs = self._dense(q_nope[:, q0:q1], q_rope[:, q0:q1], k_nope, latents, values, mask)
-            else:
-                o_lat, probs = self._masked(q_cat[:, q0:q1], latents, mask)
-                o = self.kv_b(o_lat, "expand_values")  # (B, C, H, dv)
-            if kl_sum is not None:
-                kl_sum = kl_sum + self._kl(scores_i, probs, 1, mask, ctx, q0)
-            outs.append(o)
-        out = torch.cat(outs, dim=1).reshape(B, T, H * self.dv)
-        topk = torch.cat(sels, dim=1) if sels else None
-        return out, topk, kl_sum
-
-    # ---- attention cores ------------------------------------------------------------------------
+    # ---- attention cores (public: the rollout's static decode step calls the absorbed ones) --------
     def _dense(self, q_nope, q_rope, k_nope, latents, values, allowed):
         """Non-absorbed MLA over allowed keys (B, C, S). Returns out (B, C, H, dv), probs (B, H, C, S)."""
         k_rope = latents[..., self.kv_lora:]  # (B, S, dr)
@@ -315,16 +216,17 @@ class MLAttention(nn.Module):
         probs = torch.softmax(scores.float(), dim=-1).to(values.dtype)  # (B, H, C, S)
         return torch.einsum("bhts,bshv->bthv", probs, values), probs
 
-    def _masked(self, q_cat, latents, mask):
+    def attend_masked(self, q_cat, latents, mask):
         """Absorbed attention over all S latents, -inf outside mask (B, C, S).
 
-        Returns o_lat (B, C, H, kv_lora) and probs (B, H, C, S)."""
+        q_cat (B, C, H, kv_lora+dr): [W_UK^T q_nope; q_rope]. Returns o_lat (B, C, H, kv_lora) and
+        probs (B, H, C, S)."""
         scores = torch.einsum("bthd,bsd->bhts", q_cat * self.scale, latents)  # (B, H, C, S)
         scores = scores.masked_fill_(~mask[:, None], float("-inf"))
         probs = torch.softmax(scores.float(), dim=-1).to(latents.dtype)
         return torch.einsum("bhts,bsc->bthc", probs, latents[..., : self.kv_lora]), probs
 
-    def _gathered(self, q_cat, latents, sel):
+    def attend_gathered(self, q_cat, latents, sel):
         """Absorbed attention over the k gathered latents of each query (MQA: one gather, all heads).
 
         q_cat (B, C, H, D); latents (B, S, D); sel (B, C, k) with -1 padding.
@@ -339,15 +241,3 @@ class MLAttention(nn.Module):
         probs = torch.softmax(scores.float(), dim=-1).to(latents.dtype)  # (B, C, H, k)
         o_lat = torch.bmm(probs.view(B * C, H, k), picked[..., : self.kv_lora])  # (B*C, H, kv_lora)
         return o_lat.view(B, C, H, self.kv_lora), probs, support
-
-    def _kl(self, scores_i, probs, head_dim, support, ctx, q0):
-        """Sum of indexer KL over the real (non-padding) queries of this chunk (target detached).
-
-        scores_i: (B, C, N); probs: (B, H, C, N) (head_dim 1) or (B, C, H, N) (head_dim 2);
-        support: (B, C, N) bool. The target is the head sum of probs, L1-normalised over N."""
-        C = scores_i.shape[1]
-        target = probs.detach().float().sum(head_dim)  # (B, C, N)
-        target = target / target.sum(-1, keepdim=True)
-        per_query = indexer_kl(scores_i, target, support)  # (B, C)
-        real = ctx.key_valid[:, ctx.start + q0: ctx.start + q0 + C]
-        return (per_query * real).sum()

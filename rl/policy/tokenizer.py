@@ -76,7 +76,7 @@ def training_corpus(num_problems: int = 4000, seed: int = 0) -> list[str]:
     """Deterministic text the BPE is trained on: rendered math chats plus tool-use filler."""
     import json
 
-    from rl.data import iter_problems
+    from rl.synth_math import iter_problems
 
     rng = random.Random(seed)
     corpus = [_FILLER] * 50
@@ -116,7 +116,7 @@ def build_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
 
 
 def tokenizer_dir(cache_dir: str | Path | None = None) -> Path:
-    from rl.data import default_cache_dir
+    from rl.paths import default_cache_dir
 
     return Path(cache_dir or default_cache_dir()) / f"tokenizer-v{VERSION}"
 

@@ -5,15 +5,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-import rl.policy  # noqa: F401  (registers dsa_llama)
-from rl.policy.convert import (
-    DSALlamaConfig,
-    DSALlamaForCausalLM,
-    convert_model,
-    convert_pretrained,
-    sequence_forward_macs,
-)
+from rl.policy.convert import convert_model, convert_pretrained
+from rl.policy.flops import gqa_sequence_forward_macs as sequence_forward_macs
 from rl.policy.indexer_loss import indexer_kl
+from rl.policy.llama import DSALlamaConfig, DSALlamaForCausalLM
 
 SHAPE = {"vocab_size": 97, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
          "num_attention_heads": 4, "num_key_value_heads": 2, "initializer_range": 0.1}
@@ -218,7 +213,7 @@ def test_llama3_rope_scaling_is_kept_and_generate_matches_the_source(tmp_path):
 
 def test_policy_dispatch_on_model_type():
     from rl.policy import DSAConfig, DSAForCausalLM, flops
-    from rl.policy.convert import build_policy, policy_config, policy_sequence_macs
+    from rl.policy.factory import build_policy, policy_config, policy_sequence_macs
 
     native = DSAConfig.from_preset("tiny", vocab_size=64)
     converted = convert_model(_source(), **INDEXER).config

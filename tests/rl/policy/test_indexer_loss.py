@@ -8,6 +8,7 @@ import torch
 
 from rl.policy import indexer_kl
 from rl.policy.indexer import index_scores
+from rl.policy.sparse import allowed_keys
 
 
 def test_kl_hand_value() -> None:
@@ -96,7 +97,7 @@ def _attention_and_index_scores(model, x):
             w = attn.kv_b.weight.view(attn.n_heads, attn.dn + attn.dv, attn.kv_lora)  # (H, dn+dv, kv_lora)
             k_nope = torch.einsum("bsc,hnc->bshn", lat[..., : attn.kv_lora], w[:, : attn.dn])
             values = torch.einsum("bsc,hvc->bshv", lat[..., : attn.kv_lora], w[:, attn.dn:])
-            allowed = attn._allowed(ctx, 0, T)
+            allowed = allowed_keys(ctx, 0, T)
             _, probs = attn._dense(p["q_nope"], p["q_rope"], k_nope, lat, values, allowed)
             target = probs.sum(1)
             target = target / target.sum(-1, keepdim=True)

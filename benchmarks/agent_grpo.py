@@ -2,7 +2,7 @@
 
 A reference for the loop's agent path (``+experiment=agent``), without Ray: synthesized
 environments (``envs.data.load_tasks``), a short cold start on the reference demonstrations
-(``envs.data.cold_start_examples``), then GRPO steps: ``rollout.agent.run_agent`` on a
+(``rollout.scripted.cold_start_examples``), then GRPO steps: ``rollout.agent.run_agent`` on a
 ``RolloutEngine`` (G episodes per task), the verifier's reward (``rewards.builtin.env_verifier``
 on ``info["env_reward"]``), group advantages, ``rl.trainer.Trainer.train_step``, weights copied
 back to the engine. Prints per-phase times, tokens, turns, tool calls/errors, and the held-out
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from envs.data import cold_start_examples, load_tasks
+from envs.data import load_tasks
 from rewards.builtin import env_verifier
 from rl.advantages import get_advantage
 from rl.config import AlgorithmConfig, DeepSpeedConfig
@@ -31,6 +31,7 @@ from rl.policy.tokenizer import load_tokenizer
 from rollout.agent import AgentConfig, run_agent
 from rollout.engine import EngineConfig, RolloutEngine
 from rollout.sampling import SamplingParams
+from rollout.scripted import cold_start_examples
 
 
 @dataclass

@@ -14,12 +14,12 @@ import argparse
 import time
 from collections import Counter
 
-from envs.policies import ScriptedEngine, reference_policy
 from envs.synth.pipeline import synthesize
 from rewards.sandbox import sandbox_support
 from rl.policy.tokenizer import load_tokenizer
 from rollout.agent import AgentConfig, run_agent
 from rollout.sampling import SamplingParams
+from rollout.scripted import ScriptedEngine, reference_policy
 
 
 def main() -> None:

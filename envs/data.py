@@ -1,14 +1,14 @@
-"""Environment data for training: load or synthesize tasks, cold-start examples, the pass@K filter.
+"""Environment data for training: load or synthesize tasks; copy drills.
 
 What ``rl.setup`` calls for ``env.name`` set (``+experiment=agent``):
 
 - :func:`load_tasks` -> (train tasks, held-out tasks): from ``env.path`` (a data set written by
   ``python -m envs.synthesize``) or synthesized at start-up (``env.num_envs``, ``env.levels``);
   ``env.name`` = ``synth`` keeps every family, a family name keeps that one;
-- :func:`cold_start_examples` -> (token ids, loss mask) pairs: the reference solutions replayed
-  through the real loop (``envs.policies.demonstrations``), mask 1 on the assistant turns;
-- :func:`copy_drills` -> short copy exercises that stand in for pre-training (below);
-- :func:`solvable` -> V3.2's filter (keep tasks the policy solves at least once in K tries).
+- :func:`copy_drills` -> short copy exercises that stand in for pre-training (below).
+
+Cold-start demonstrations and V3.2's solvability filter run the agent loop, so they live above
+this package, in ``rollout.scripted`` (``cold_start_examples``, ``solvable``).
 
 Copy drills (a departure: V3.2 starts from a pre-trained model). Tool use is mostly copying: a
 file name from the question into code, a number from a tool result into the answer. Our policy
@@ -45,27 +45,6 @@ def load_tasks(cfg: Any, seed: int = 0) -> tuple[list[Task], list[Task]]:
     tasks, _ = synthesize(cfg.num_envs, seed, families, tuple(cfg.levels))
     ds = to_dataset(tasks, cfg.test_fraction, seed)
     return [Task.from_row(r) for r in ds["train"]], [Task.from_row(r) for r in ds["test"]]
-
-
-def cold_start_examples(tasks: list[Task], tokenizer: Any, agent_config: Any = None, stop_early: float = 0.0,
-                        seed: int = 0, reasoning: bool = True) -> list[tuple[list[int], list[int]]]:
-    """SFT examples ``(ids, loss_mask)`` from the reference solutions (mask 1 on assistant turns);
-    ``stop_early`` > 0: the imperfect teacher; ``reasoning``: a ``<think>`` line per turn
-    (``envs.policies.reference_policy``)."""
-    from envs.policies import demonstrations
-
-    return [(t.tokens.tolist(), t.loss_mask.long().tolist())
-            for t in demonstrations(tasks, tokenizer, agent_config, stop_early, seed, reasoning)]
-
-
-def solvable(tasks: list[Task], engine: Any, params: Any, k: int, agent_config: Any = None,
-             seed: int = 0) -> tuple[list[Task], list[int]]:
-    """Tasks the policy behind ``engine`` solves at least once in ``k`` tries, and every task's
-    number of solved tries (``envs.synth.pipeline.filter_solvable`` with the agent solver)."""
-    from envs.synth.pipeline import filter_solvable
-    from rollout.agent import agent_solver
-
-    return filter_solvable(tasks, agent_solver(engine, params, agent_config, seed), k)
 
 
 def copy_drills(tokenizer: Any, n: int, seed: int = 0, pairs: int = 2) -> list[tuple[list[int], list[int]]]:

@@ -7,7 +7,7 @@ from random weights, so the cold start does three things, in order:
    ``<|user|>PROBLEM<|end|><|assistant|><think>STEPS</think>\\boxed{ANSWER}<|end|>``; loss only on
    the assistant turn; for tool environments (``+experiment=agent``) the
    demonstrations are the reference solutions replayed through the multi-turn loop
-   (``envs.data.cold_start_examples``), loss on the assistant turns only.
+   (``rollout.scripted.cold_start_examples``), loss on the assistant turns only.
 2. **Dense warm-up of the indexer** (V3.2 section 2): everything but the lightning indexers is
    frozen; loss = KL(head-summed, L1-normalised attention || softmax(index scores)).
 3. **Sparse stage**: top-k attention on, all parameters train on LM loss + the indexer KL over the
@@ -135,7 +135,7 @@ def run_cold_start(model: DSAForCausalLM, tok: PreTrainedTokenizerBase,
     """Train ``model`` in place through the three stages; returns the final loss of each.
 
     ``examples`` are encoded demonstrations: (token ids, loss mask) pairs, mask 1 where the model
-    learns (``teacher_examples`` for math records; ``envs.data.cold_start_examples`` for tool
+    learns (``teacher_examples`` for math records; ``rollout.scripted.cold_start_examples`` for tool
     environments). rng: shuffles the batches (None = ``random.Random(seed)``).
     """
     rng = rng or random.Random(seed)

@@ -46,14 +46,9 @@ from torch import Tensor, nn
 
 from rl.batch import TrainBatch, collate, kept_sets
 from rl.config import AlgorithmConfig, DeepSpeedConfig
-from rl.distributed import init_distributed
-from rl.losses import (
-    entropy_from_logits,
-    get_aggregation,
-    get_policy_loss,
-    masked_log_probs,
-    off_policy_sequence_mask,
-)
+from rl.losses import get_aggregation, get_policy_loss, off_policy_sequence_mask
+from rl.policy.logprobs import entropy_from_logits, masked_log_probs
+from rl.process_group import init_distributed
 from rollout.types import Trajectory
 
 
@@ -131,9 +126,6 @@ class Trainer:
                  seed: int = 0, pad_id: int = 0) -> None:
         import deepspeed
 
-        if algo.keep_indexing and algo.indexer_loss_weight > 0:
-            raise ValueError("algorithm.keep_indexing=true with indexer_loss_weight>0 is not supported: "
-                             "the policy skips the indexer when selections are replayed; set one of them off")
         init_distributed()
         self.rank = torch.distributed.get_rank()
         self.world_size = torch.distributed.get_world_size()

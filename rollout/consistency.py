@@ -92,7 +92,7 @@ class Mismatch:
 
 def recomputed_logprobs(model, batch: ReplayBatch, temperature: float) -> torch.Tensor:
     """(B, T) fp32 log-probs of each token under the model with the batch's replay (0 at t = 0)."""
-    from rl.losses import masked_log_probs
+    from rl.policy.logprobs import masked_log_probs
 
     out = model(batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
                 expert_routes=batch.expert_routes, topk_indices=batch.topk_indices)

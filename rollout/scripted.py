@@ -1,4 +1,4 @@
-"""Scripted policies behind an engine-shaped interface, and cold-start demonstrations.
+"""Scripted policies behind an engine-shaped interface, cold-start demonstrations, the solvability filter.
 
 :class:`ScriptedEngine` stands in for ``rollout.engine.RolloutEngine`` in ``rollout.agent.run_agent``:
 ``generate(prompt_token_id_lists, params, seed=)`` reads each prompt (the user message, the number
@@ -12,7 +12,8 @@ and returns the *token ids of that text* (plus ``<|end|>``) as a sampled continu
 - :func:`no_tool_policy`: answers at once without tools (scores near 0).
 
 :func:`demonstrations` runs the reference policy through the real loop: the trajectories' tokens
-and loss masks are ready-made cold-start (SFT) examples.
+and loss masks are ready-made cold-start (SFT) examples (:func:`cold_start_examples`).
+:func:`solvable` is V3.2's filter: keep the tasks the policy solves at least once in K tries.
 
 The imperfect teacher (the tool-use counterpart of ``rl.coldstart.teacher_response``): in V3.2's
 synthesis each difficulty level adds a constraint or a hop to the level below it. On a task above
@@ -34,6 +35,8 @@ from typing import Any
 import torch
 
 from envs.base import format_turn
+from envs.registry import Task
+from rollout.agent import agent_solver, run_agent
 from rollout.sampling import SamplingParams
 from rollout.types import Trajectory
 
@@ -166,7 +169,23 @@ def demonstrations(tasks: Sequence[Any], tokenizer: Any, config: Any = None, sto
     Each trajectory's ``tokens`` / ``loss_mask`` (True on the assistant turns) is one SFT example;
     with ``stop_early=0``, ``info["env_reward"]`` is 1 for all of them (checked by the tests).
     """
-    from rollout.agent import run_agent
-
     engine = ScriptedEngine(tokenizer, reference_policy(tasks, stop_early, seed, reasoning))
     return run_agent(engine, tasks, SamplingParams(max_new_tokens=4096), config, make_env=_trusted_env)
+
+
+def cold_start_examples(tasks: list[Task], tokenizer: Any, agent_config: Any = None, stop_early: float = 0.0,
+                        seed: int = 0, reasoning: bool = True) -> list[tuple[list[int], list[int]]]:
+    """SFT examples ``(ids, loss_mask)`` from the reference solutions (mask 1 on assistant turns);
+    ``stop_early`` > 0: the imperfect teacher; ``reasoning``: a ``<think>`` line per turn
+    (:func:`reference_policy`)."""
+    return [(t.tokens.tolist(), t.loss_mask.long().tolist())
+            for t in demonstrations(tasks, tokenizer, agent_config, stop_early, seed, reasoning)]
+
+
+def solvable(tasks: list[Task], engine: Any, params: Any, k: int, agent_config: Any = None,
+             seed: int = 0) -> tuple[list[Task], list[int]]:
+    """Tasks the policy behind ``engine`` solves at least once in ``k`` tries, and every task's
+    number of solved tries (``envs.synth.pipeline.filter_solvable`` with the agent solver)."""
+    from envs.synth.pipeline import filter_solvable
+
+    return filter_solvable(tasks, agent_solver(engine, params, agent_config, seed), k)

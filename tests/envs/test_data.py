@@ -5,11 +5,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from envs.data import cold_start_examples, load_tasks, solvable
-from envs.policies import ScriptedEngine, no_tool_policy, reference_policy
+from envs.data import load_tasks
 from envs.synthesize import main
 from rl.policy.tokenizer import load_tokenizer
 from rollout.sampling import SamplingParams
+from rollout.scripted import ScriptedEngine, cold_start_examples, no_tool_policy, reference_policy, solvable
 
 
 @dataclass

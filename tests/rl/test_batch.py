@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rl.batch import collate, kept_sets
-from rl.losses import masked_log_probs
+from rl.policy.logprobs import masked_log_probs
 from rollout.types import Trajectory, pack_mask
 
 V = 10

@@ -14,15 +14,14 @@ from rl.losses import (
     AGGREGATIONS,
     POLICY_LOSSES,
     aggregate,
-    entropy_from_logits,
     get_aggregation,
     get_policy_loss,
     grpo_policy_loss,
-    masked_log_probs,
     off_policy_sequence_mask,
     register_aggregation,
     register_policy_loss,
 )
+from rl.policy.logprobs import entropy_from_logits, masked_log_probs
 
 E = math.e
 NEG_INF = float("-inf")

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from envs.base import format_turn
-from envs.policies import ScriptedEngine, demonstrations, no_tool_policy, reference_policy
 from envs.synth.pipeline import synthesize
 from rewards.sandbox import sandbox_support
 from rl.policy.tokenizer import load_tokenizer
 from rollout.agent import AgentConfig, agent_solver, run_agent
 from rollout.sampling import SamplingParams
+from rollout.scripted import ScriptedEngine, demonstrations, no_tool_policy, reference_policy
 
 PARAMS = SamplingParams(max_new_tokens=2048)
 

@@ -1,13 +1,12 @@
-"""envs.policies: the imperfect teacher of the agent cold start (``weak_reference``, ``stop_early``)."""
+"""rollout.scripted: the imperfect teacher of the agent cold start (``weak_reference``, ``stop_early``)."""
 from __future__ import annotations
 
 import pytest
 
-from envs.data import cold_start_examples
-from envs.policies import demonstrations, weak_reference
 from envs.synth.pipeline import synthesize
 from rl.policy.tokenizer import load_tokenizer
 from rollout.agent import AgentConfig
+from rollout.scripted import cold_start_examples, demonstrations, weak_reference
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +64,7 @@ def test_copy_drills(tok):
 
 def test_guess_answer_by_hand() -> None:
     """One fixed guess per shape: first digit 1 (2 when that is the answer), then zeros."""
-    from envs.policies import guess_answer
+    from rollout.scripted import guess_answer
 
     assert [guess_answer(a) for a in ("43500", "2009", "133500", "10000", "1", "12.5", "Paris")] == \
         ["10000", "1000", "100000", "20000", "2", "10.0", "unknown"]

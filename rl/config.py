@@ -23,6 +23,11 @@ class ConfigError(ValueError):
     """An invalid configuration value; the message is one line naming key, value and fix."""
 
 
+class StartupError(RuntimeError):
+    """A run cannot start (a data source, model, reward or cluster that does not load); the
+    message names the input and the fix."""
+
+
 def _f(default: Any = dataclasses.MISSING, *, factory: Any = None, ge: float | None = None,
        gt: float | None = None, le: float | None = None, lt: float | None = None,
        choices: tuple[Any, ...] | None = None) -> Any:
@@ -68,7 +73,7 @@ class AlgorithmConfig:
     clip_high: float = _f(0.28, ge=0.0)
     """Ratio clip above: r <= 1 + clip_high."""
     kl_estimator: str = "unbiased_k3"
-    """KL estimator (registry name in ``rl.losses``): k1, k2, k3, unbiased_k3."""
+    """KL estimator (registry name in ``rl.kl``): k1, k2, k3, unbiased_k3."""
     kl_coef: float = _f(0.0, ge=0.0)
     """beta. 0 skips the reference policy entirely (V3.2 uses weak or zero KL for math)."""
     off_policy_mask: bool = True
@@ -181,7 +186,7 @@ class ColdStartConfig:
     """The teacher's systematic mistake: on multi-step problems it answers an intermediate value
     with this probability; in tool environments (``env.name`` set) it plays the solution of the
     task one level easier, or on level 0 submits a guess without the look-up
-    (``envs.policies.weak_reference``). 0 = a perfect teacher."""
+    (``rollout.scripted.weak_reference``). 0 = a perfect teacher."""
     indexer_warmup_steps: int = _f(100, ge=0)
     """Dense warm-up steps of the lightning indexer (everything else frozen)."""
     indexer_lr: float = _f(1e-3, gt=0.0)
@@ -446,8 +451,26 @@ def validate(obj: Any, prefix: str = "") -> None:
     _check_cross_fields(obj, prefix)
 
 
+def _check_registry_names(algo: AlgorithmConfig, prefix: str) -> None:
+    """The algorithm's registry names (advantage, policy loss, aggregation, KL estimator) exist, also
+    those of parts a setting turns off (a misspelt ``kl_estimator`` with ``kl_coef=0`` is found too).
+    Imports the registries (torch): still before any expensive work."""
+    from rl.advantages import ADVANTAGES
+    from rl.kl import KL_ESTIMATORS
+    from rl.losses import AGGREGATIONS, POLICY_LOSSES
+
+    for key, registry in (("advantage", ADVANTAGES), ("policy_loss", POLICY_LOSSES),
+                          ("loss_agg", AGGREGATIONS), ("kl_estimator", KL_ESTIMATORS)):
+        value = getattr(algo, key)
+        if value not in registry:
+            raise ConfigError(f"{prefix}{key}={value!r} is invalid: allowed values are {', '.join(registry.names())} "
+                              f"(the registered {registry.kind} names)")
+
+
 def _check_cross_fields(obj: Any, prefix: str) -> None:
     """Invariants that span several fields (message says what to change)."""
+    if isinstance(obj, AlgorithmConfig):
+        _check_registry_names(obj, prefix)
     if isinstance(obj, AlgorithmConfig) and obj.micro_batch_size > obj.mini_batch_size:
         raise ConfigError(
             f"{prefix}micro_batch_size={obj.micro_batch_size} is invalid: must be <= "

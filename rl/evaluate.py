@@ -1,56 +1,68 @@
-"""Held-out evaluation (greedy accuracy, sampled accuracy, pass@G), the prompt sampler, the plot.
+"""Held-out evaluation (greedy accuracy, sampled accuracy, pass@G) and the progress plot.
 
-Evaluation decodes the test prompts with the same engine the rollout workers use, in the learner
-process, and scores them with the run's reward functions: ``accuracy`` is the fraction of
-completions whose first reward term (the correctness term: ``math_correct`` for math) is positive,
-``reward`` the mean total reward.
+:class:`Evaluator` decodes the test prompts with the same engine the rollout workers use, in the
+learner process, with the trainer's current weights, and scores them with the run's reward
+functions: ``accuracy`` is the share of samples whose correctness term is positive (the first
+reward term, ``math_correct`` for math; agent runs: the environment's verifier, so the success
+rate), ``reward`` the mean total reward.
 """
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from rewards.runner import RewardRunner
+    from rl.sources import TaskSource
+    from rollout.engine import EngineConfig
+    from rollout.sampling import SamplingParams
 
 
 @dataclass
-class PromptSampler:
-    """Seeded, resumable order over a data set: a fresh permutation per epoch."""
+class Evaluator:
+    """Held-out evaluation of a run (see the module docstring)."""
 
-    size: int
+    model: nn.Module
+    """A policy of the run's shape on the learner's device; it receives the weights to evaluate."""
+    tokenizer: Any
+    engine_config: EngineConfig
+    """The rollout engine's settings (routes and selections are not recorded)."""
+    source: TaskSource
+    rewards: RewardRunner
+    correct_term: str
+    """The reward term whose positive value counts as correct."""
+    greedy: SamplingParams
+    sampled: SamplingParams
+    """The training sampler's settings (sampled accuracy, pass@G)."""
+    group_size: int
     seed: int
-    epoch: int = 0
-    position: int = 0
-    _order: list[int] = field(default_factory=list, repr=False)
 
-    def __post_init__(self) -> None:
-        if self.size < 1:
-            raise ValueError("the training split is empty: check data.source and data.train_split")
-        self._shuffle()
+    def __call__(self, weights: dict[str, torch.Tensor], step: int, sampled: bool = False) -> dict[str, float]:
+        """``eval/greedy_accuracy`` and ``eval/greedy_reward`` (plus sampled accuracy and reward and
+        ``eval/pass@G`` when ``sampled``) of ``weights`` on the held-out rows; {} without any."""
+        from rollout.engine import RolloutEngine
 
-    def _shuffle(self) -> None:
-        self._order = list(range(self.size))
-        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(self._order)
-
-    def next_batch(self, n: int) -> list[int]:
-        """The next ``n`` row indices (wrapping into a new epoch as needed)."""
-        out = []
-        while len(out) < n:
-            if self.position >= self.size:
-                self.epoch, self.position = self.epoch + 1, 0
-                self._shuffle()
-            take = min(n - len(out), self.size - self.position)
-            out += self._order[self.position:self.position + take]
-            self.position += take
+        rows = self.source.test_rows
+        if rows is None:
+            return {}
+        self.model.load_state_dict(weights)
+        out: dict[str, float] = {}
+        modes = [("greedy", 1, self.greedy)] + ([("sampled", self.group_size, self.sampled)] if sampled else [])
+        for name, g, params in modes:
+            engine = RolloutEngine(self.model, self.tokenizer, self.engine_config)
+            trajs = self.source.generate(engine, rows, params, g, self.seed + step)
+            result = self.rewards.score(*self.source.reward_inputs([r for r in rows for _ in range(g)], trajs))
+            correct = [v > 0 for v in result.per_term[self.correct_term]]
+            out[f"eval/{name}_accuracy"] = sum(correct) / len(correct)
+            out[f"eval/{name}_reward"] = sum(result.totals) / len(result.totals)
+            if g > 1:
+                out[f"eval/pass@{g}"] = pass_at_k(correct, g)
         return out
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
-        self._shuffle()
 
 
 def pass_at_k(correct: Sequence[bool], group_size: int) -> float:

@@ -1,18 +1,20 @@
 """The GRPO loop: prompts -> rollouts -> rewards -> advantages -> update -> weight sync -> account.
 
-``run(config, run_dir)`` is what ``python -m rl.train`` calls. Set-up (``rl.setup``) checks every
-input before any work: data, reward names, Ray address, budget. Then, per step:
+``run(config, run_dir)`` is what ``python -m rl.train`` calls. ``rl.setup.build_run`` checks every
+input before any work (data, registry and reward names, Ray address, budget) and returns the run's
+parts (``Run``). Then, per step:
 
-1. sample B prompts (seeded, resumable order), 2. G rollouts each on the Ray workers, 3. score
-them with the reward terms, 4. group-relative advantages, 5. the DeepSpeed trainer's updates,
-6. push the new weights (version + 1) to every worker, 7. account the budget, log, evaluate and
-checkpoint on schedule. The run stops at the first budget limit, evaluates once more, writes the
-summary (``summary.json``), a plot (``progress.png``) and the final policy (``final/``).
+1. sample B prompts (seeded, resumable order: ``run.sampler``), 2. G rollouts each on the Ray
+workers (``run.source.rollout`` on ``run.pool``), 3. score them with the reward terms
+(``run.rewards``), 4. group-relative advantages, 5. the DeepSpeed trainer's updates
+(``run.trainer.train_step``), 6. push the new weights (version + 1) to every worker, 7. account
+the budget, log, evaluate (``run.evaluator``) and checkpoint on schedule. The run stops at the first
+budget limit, evaluates once more, writes the summary (``summary.json``), a plot (``progress.png``)
+and the final policy (``final/``).
 
-The run's task source (``rl.setup.PromptSource`` / ``AgentSource``) says what a prompt and a
-rollout are: one completion of a data set prompt, or (``env.name`` set, ``+experiment=agent``) one
-multi-turn tool-use episode in a synthesized environment, scored by its verifier. Everything else
-(advantages, updates, weight sync, budget, evaluation) is the same for both.
+The run's task source (``rl.sources``) says what a prompt and a rollout are: one completion of a
+data set prompt, or (``env.name`` set, ``+experiment=agent``) one multi-turn tool-use episode in a
+synthesized environment, scored by its verifier. Everything else is the same for both.
 
 Departures from V3.2: there is no separate reference-model service (the trainer keeps a frozen
 copy when ``kl_coef > 0``); weights move through the Ray object store on CPU.
@@ -27,35 +29,8 @@ import torch
 
 from rl.advantages import get_advantage
 from rl.config import TrainConfig
-from rl.evaluate import pass_at_k, plot_history
+from rl.evaluate import plot_history
 from rl.setup import Run, build_run
-
-
-def _rewards_for(run: Run, trajs, rows: list[Any]):
-    """Score trajectories; ``rows[i]`` is the row (data record or task) of trajectory i's prompt."""
-    return run.rewards.score(*run.source.reward_inputs(rows, trajs))
-
-
-def evaluate(run: Run, step: int, sampled: bool = False) -> dict[str, float]:
-    """Greedy accuracy and mean reward on the held-out prompts (plus sampled accuracy and pass@G).
-
-    Accuracy: the share of samples whose ``run.correct_term`` is > 0 (agent runs: the environment's
-    verifier, so the success rate).
-    """
-    if run.test_rows is None:
-        return {}
-    cfg, rows = run.cfg, run.test_rows
-    out: dict[str, float] = {}
-    modes = [("greedy", 1)] + ([("sampled", cfg.algorithm.group_size)] if sampled else [])
-    for name, g in modes:
-        trajs = run.engine_generate(rows, g, greedy=(name == "greedy"), seed=cfg.seed + step)
-        result = _rewards_for(run, trajs, [r for r in rows for _ in range(g)])
-        correct = [v > 0 for v in result.per_term[run.correct_term]]
-        out[f"eval/{name}_accuracy"] = sum(correct) / len(correct)
-        out[f"eval/{name}_reward"] = sum(result.totals) / len(result.totals)
-        if g > 1:
-            out[f"eval/pass@{g}"] = pass_at_k(correct, g)
-    return out
 
 
 def run(cfg: TrainConfig, run_dir: str) -> dict[str, Any]:
@@ -66,17 +41,17 @@ def run(cfg: TrainConfig, run_dir: str) -> dict[str, Any]:
     history, step = run.history, run.step
     try:
         if step == 0:
-            history.append({"step": 0, **evaluate(run, 0, sampled=True)})
+            history.append({"step": 0, **run.evaluator(run.trainer.export_state_dict(), 0, sampled=True)})
             run.say(f"before RL: {_fmt(history[-1])}")
         with run.progress as bar:
             task = bar.add_task("grpo", total=1000, info="")
             while (reason := run.budget.exhausted()) is None:
                 t0 = time.perf_counter()
-                rows = [run.train_rows[i] for i in run.sampler.next_batch(B)]
+                rows = [run.source.train_rows[i] for i in run.sampler.next_batch(B)]
                 trajs = run.source.rollout(run.pool, rows, run.sampling, G)
                 t1 = time.perf_counter()
                 group_rows = [r for r in rows for _ in range(G)]
-                result = _rewards_for(run, trajs, group_rows)
+                result = run.rewards.score(*run.source.reward_inputs(group_rows, trajs))
                 rewards = torch.tensor(result.totals, dtype=torch.float32)
                 group_ids = torch.arange(B).repeat_interleave(G)
                 adv = advantage(rewards, group_ids, scale_by_std=algo.scale_by_std)
@@ -85,29 +60,37 @@ def run(cfg: TrainConfig, run_dir: str) -> dict[str, Any]:
                 t3 = time.perf_counter()
                 step += 1
                 run.pool.push_weights(run.trainer.export_state_dict(), version=step)
-                run.account(trajs)
+                run.budget.add_step(run.model_config, [len(t.tokens) for t in trajs],
+                                    sum(t.num_sampled for t in trajs), algo.epochs_per_batch, algo.kl_coef > 0)
                 m = {"step": step, **_step_metrics(trajs, result, metrics), **run.source.metrics(trajs),
                      **run.budget.metrics(),
                      "time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/train_s": t3 - t2,
                      "time/sync_s": time.perf_counter() - t3,
                      "rollout/tokens_per_s": sum(t.num_sampled for t in trajs) / max(t1 - t0, 1e-9)}
                 if step % cfg.eval_every == 0:
-                    m.update(evaluate(run, step))
+                    m.update(run.evaluator(run.trainer.export_state_dict(), step))
                 history.append(m)
                 run.logger.log(m, step)
                 bar.update(task, completed=int(1000 * run.budget.fraction_done()), info=_fmt(m))
                 if step % cfg.checkpoint_every == 0:
-                    run.checkpoint(step)
-        final = evaluate(run, step, sampled=True)
+                    _checkpoint(run, step)
+        final = run.evaluator(run.trainer.export_state_dict(), step, sampled=True)
         history.append({"step": step, **final})
         run.logger.log(final, step)
-        run.checkpoint(step)
+        _checkpoint(run, step)
         summary = _summary(run, history, reason, step)
         run.say(f"after RL: {_fmt(history[-1])}")
         print(format_summary(summary), flush=True)
         return summary
     finally:
         run.close()
+
+
+def _checkpoint(run: Run, step: int) -> None:
+    """Everything a resume needs: the trainer's state plus the sampler, budget, history and weight version."""
+    extra = {"sampler": run.sampler.state_dict(), "budget": run.budget.state_dict(),
+             "history": run.history, "weight_version": step}
+    run.trainer.save(run.dir / "checkpoints", step=step, extra=extra, keep=2)
 
 
 def _step_metrics(trajs, result, metrics: dict[str, float]) -> dict[str, float]:

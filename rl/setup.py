@@ -1,137 +1,42 @@
-"""Build everything a GRPO run needs, checking every input before any expensive work.
+"""Build everything a GRPO run needs (`build_run` -> `Run`), checking every input before any
+expensive work.
 
 Order (cheap checks first, so a bad input fails in seconds with one message): budget and config
-(already validated), data source (prompts, or tool environments when ``env.name`` is set), reward
-names, Ray address; then the policy (cold start, cached), the solvability filter (agent runs with
-``env.pass_k > 0``), the trainer, the rollout workers, the logger. ``StartupError`` carries the
-one-line message.
+(already validated), the registry names, data source (prompts, or tool environments when
+``env.name`` is set), reward names, Ray address; then the policy (cold start, cached), the
+solvability filter (agent runs with ``env.pass_k > 0``), the trainer, the rollout workers, the
+evaluator, the logger. ``StartupError`` carries the one-line message.
 
-What differs between plain prompts (math) and tool environments (``+experiment=agent``) sits behind
-one small interface, the task source (:class:`PromptSource`, :class:`AgentSource`): how a batch
-is rolled out on the pool, decoded in-process for evaluation, scored (reward inputs), logged, and
-cold-started. The loop itself does not branch on the kind.
+What differs between plain prompts and tool environments sits behind the task source
+(``rl.sources``); evaluation is ``rl.evaluate.Evaluator``. The loop (``rl.loop``) reads the parts of
+``Run`` and nothing here.
 """
 from __future__ import annotations
 
 import os
-import random
-import socket
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from rl.budget import Budget
-from rl.config import TrainConfig
-from rl.data import DataError, default_cache_dir, load_prompts
-from rl.evaluate import PromptSampler
-from rollout.types import Trajectory
+from rl.cluster import init_ray
+from rl.config import StartupError, TrainConfig
+from rl.data import PromptSampler, default_cache_dir
+from rl.evaluate import Evaluator
+from rl.sources import AgentSource, TaskSource, load_data, make_source
 
-
-class StartupError(RuntimeError):
-    """A run cannot start; the message names the input and the fix."""
-
-
-class PromptSource:
-    """Plain prompt data (``env.name`` unset): rows are data records with ``prompt_ids``; a sample is
-    one completion."""
-
-    def __init__(self, train_rows: list[dict[str, Any]], test_rows: list[dict[str, Any]] | None,
-                 norm_constant: float, cache_key: str) -> None:
-        self.train_rows, self.test_rows = train_rows, test_rows
-        self.norm_constant = norm_constant
-        """The trainer's token normaliser (``rollout.max_new_tokens``)."""
-        self.cache_key = cache_key
-        """What determines the cold-start data (part of its cache key)."""
-
-    def rollout(self, pool: Any, rows: list[Any], params: Any, group_size: int) -> list[Trajectory]:
-        """``group_size`` samples per row on the rollout workers, in (row, sample) order."""
-        return pool.generate([r["prompt_ids"] for r in rows], params, group_size)
-
-    def generate(self, engine: Any, rows: list[Any], params: Any, group_size: int, seed: int) -> list[Trajectory]:
-        """The same, in-process on ``engine`` (evaluation)."""
-        return engine.generate([r["prompt_ids"] for r in rows for _ in range(group_size)], params, seed=seed)
-
-    def reward_inputs(self, rows: list[Any], trajs: list[Trajectory]) -> tuple[list, list[str], dict[str, list]]:
-        """(prompts, completions, fields) for ``RewardRunner.score``; ``rows[i]`` is trajectory i's row."""
-        fields = {k: [r[k] for r in rows] for k in rows[0] if k != "prompt"} if rows else {}
-        fields.update(finish_reason=[t.finish_reason for t in trajs], num_turns=[t.num_turns for t in trajs])
-        return [r["prompt"] for r in rows], [t.completion for t in trajs], fields
-
-    def metrics(self, trajs: list[Trajectory]) -> dict[str, float]:
-        """Source-specific step metrics (none for plain prompts)."""
-        return {}
-
-    def cold_start(self, model: Any, tok: Any, cfg: TrainConfig, log: Callable[[str], None]) -> dict[str, float]:
-        """Supervised cold start on the (imperfect) teacher's worked solutions (``rl.coldstart``)."""
-        from rl.coldstart import run_cold_start, teacher_examples
-
-        rng = random.Random(cfg.seed)  # one generator: the teacher's choices, then the batch order
-        examples = teacher_examples(tok, self.train_rows, cfg.coldstart.teacher_stop_early, rng)
-        return run_cold_start(model, tok, examples, cfg.coldstart, cfg.seed, log=log, rng=rng)
-
-
-class AgentSource(PromptSource):
-    """Tool environments (``env.name`` set): rows are ``envs.registry.Task``; a sample is one
-    multi-turn episode (``rollout.agent``), scored by the environment's verifier
-    (``info["env_reward"]``, read by the ``env_verifier`` reward)."""
-
-    def __init__(self, train_rows: list[Any], test_rows: list[Any] | None, norm_constant: float, cache_key: str,
-                 agent_config: Any) -> None:
-        super().__init__(train_rows, test_rows, norm_constant, cache_key)
-        self.agent_config = agent_config
-        """The ``rollout.agent.AgentConfig`` of every episode."""
-
-    def rollout(self, pool: Any, rows: list[Any], params: Any, group_size: int) -> list[Trajectory]:
-        return pool.run_agent(rows, params, group_size, agent_config=self.agent_config)
-
-    def generate(self, engine: Any, rows: list[Any], params: Any, group_size: int, seed: int) -> list[Trajectory]:
-        from rollout.agent import run_agent
-
-        return run_agent(engine, [t for t in rows for _ in range(group_size)], params, self.agent_config, seed=seed,
-                         prompt_indices=[i for i in range(len(rows)) for _ in range(group_size)],
-                         sample_indices=[s for _ in rows for s in range(group_size)])
-
-    def reward_inputs(self, rows: list[Any], trajs: list[Trajectory]) -> tuple[list, list[str], dict[str, list]]:
-        fields = {"env_reward": [t.info["env_reward"] for t in trajs],
-                  "finish_reason": [t.finish_reason for t in trajs], "num_turns": [t.num_turns for t in trajs],
-                  "num_tool_calls": [t.num_tool_calls for t in trajs],
-                  "num_tool_errors": [t.num_tool_errors for t in trajs]}
-        return [r.prompt for r in rows], [t.completion for t in trajs], fields
-
-    def metrics(self, trajs: list[Trajectory]) -> dict[str, float]:
-        n = max(1, len(trajs))
-        return {"agent/num_turns_mean": sum(t.num_turns for t in trajs) / n,
-                "agent/num_tool_calls_mean": sum(t.num_tool_calls for t in trajs) / n,
-                "agent/num_tool_errors_mean": sum(t.num_tool_errors for t in trajs) / n,
-                "agent/success_mean": sum(t.info["env_reward"] for t in trajs) / n}
-
-    def cold_start(self, model: Any, tok: Any, cfg: TrainConfig, log: Callable[[str], None]) -> dict[str, float]:
-        """Supervised cold start on the reference solutions replayed through the multi-turn loop."""
-        from envs.data import cold_start_examples
-        from rl.coldstart import run_cold_start
-
-        examples = cold_start_examples(self.train_rows, tok, self.agent_config, cfg.coldstart.teacher_stop_early,
-                                       cfg.seed, cfg.env.teacher_reasoning)
-        log(f"cold start: {len(examples)} demonstrations, {sum(len(x) for x, _ in examples) / len(examples):.0f} "
-            "tokens each on average")
-        return run_cold_start(model, tok, examples, cfg.coldstart, cfg.seed, log=log)
-
-    def keep_solvable(self, engine: Any, params: Any, k: int, seed: int, say: Callable[[str], None]) -> None:
-        """V3.2's filter: drop training tasks the policy behind ``engine`` never solves in ``k`` tries."""
-        from envs.data import solvable
-
-        kept, passes = solvable(self.train_rows, engine, params, k, self.agent_config, seed)
-        say(f"solvability filter: {len(kept)} of {len(self.train_rows)} training environments solved at least "
-            f"once in {k} tries")
-        if not kept:
-            raise StartupError(f"env.pass_k={k}: the cold-started policy solves none of the {len(passes)} training "
-                               "environments; train the cold start longer or set env.pass_k=0")
-        self.train_rows = kept
+if TYPE_CHECKING:
+    from rewards.runner import RewardRunner
+    from rl.distributed import TrainerGroup
+    from rl.logger import Logger
+    from rl.placement import Placement
+    from rl.trainer import Trainer
+    from rollout.pool import RolloutPool
+    from rollout.sampling import SamplingParams
 
 
 @dataclass
@@ -142,62 +47,34 @@ class Run:
     dir: Path
     tokenizer: Any
     model_config: Any
-    source: PromptSource
-    rewards: Any
-    correct_term: str
+    """The policy's config (`DSAConfig` or `DSALlamaConfig`)."""
+    source: TaskSource
+    rewards: RewardRunner
     budget: Budget
     sampler: PromptSampler
-    trainer: Any
-    pool: Any
-    eval_model: Any
-    sampling: Any
-    logger: Any
+    trainer: Trainer | TrainerGroup
+    pool: RolloutPool
+    evaluator: Evaluator
+    sampling: SamplingParams
+    logger: Logger
     progress: Any
+    """A `rich.progress.Progress` (or a stand-in when the progress bar is off)."""
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     say: Callable[[str], None] = print
-    placement: Any = None
+    placement: Placement | None = None
     owns_ray: bool = False
 
-    @property
-    def train_rows(self) -> list[Any]:
-        return self.source.train_rows
-
-    @property
-    def test_rows(self) -> list[Any] | None:
-        return self.source.test_rows
-
-    def engine_generate(self, rows: list[Any], group_size: int, *, greedy: bool, seed: int) -> list[Trajectory]:
-        """Decode held-out rows in-process with the trainer's current weights (``group_size`` each)."""
-        from rollout.engine import EngineConfig, RolloutEngine
-        from rollout.sampling import SamplingParams
-
-        self.eval_model.load_state_dict(self.trainer.export_state_dict())
-        engine = RolloutEngine(self.eval_model, self.tokenizer,
-                               EngineConfig.from_config(self.cfg.rollout, record_routes=False, record_topk=False))
-        params = (SamplingParams(greedy=True, max_new_tokens=self.cfg.rollout.max_new_tokens) if greedy
-                  else self.sampling)
-        return self.source.generate(engine, rows, params, group_size, seed)
-
-    def account(self, trajs) -> None:
-        lens = [len(t.tokens) for t in trajs]
-        mode, algo = self.model_config.attention_mode, self.cfg.algorithm
-        self.budget.add_rollout(self.model_config, lens, sum(t.num_sampled for t in trajs), mode)
-        self.budget.add_train(self.model_config, lens, mode, algo.epochs_per_batch, algo.kl_coef > 0)
-        self.budget.step_done()
-
-    def checkpoint(self, step: int) -> None:
-        extra = {"sampler": self.sampler.state_dict(), "budget": self.budget.state_dict(),
-                 "history": self.history, "weight_version": step}
-        self.trainer.save(self.dir / "checkpoints", step=step, extra=extra, keep=2)
-
     def close(self) -> None:
-        """Stop the workers, the logger, and the local Ray cluster when this run started it."""
+        """Stop the workers, the trainer group, the reward workers, the logger, and the local Ray
+        cluster when this run started it."""
         import ray
 
         self.logger.finish()
-        if self.pool is not None:
-            self.pool.shutdown()
+        self.pool.shutdown()
+        if hasattr(self.trainer, "shutdown"):  # a TrainerGroup of Ray actors
+            self.trainer.shutdown()
+        self.rewards.close()
         if self.placement is not None:
             self.placement.remove()
         if self.owns_ray:
@@ -210,92 +87,7 @@ def _device(cfg: TrainConfig) -> torch.device:
     return torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def _rows(ds, tok) -> list[dict[str, Any]]:
-    rows = []
-    for r in ds:
-        msgs = r["prompt"] if isinstance(r["prompt"], list) else [{"role": "user", "content": r["prompt"]}]
-        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        rows.append({**r, "prompt_ids": tok(text, add_special_tokens=False)["input_ids"]})
-    return rows
-
-
-def check_reachable(address: str, timeout_s: float = 3.0) -> None:
-    """Fail fast when a ``host:port`` Ray address (any scheme) does not accept connections.
-
-    ``ray.init`` itself waits minutes for an unreachable head; ``auto`` is left to Ray.
-    """
-    if address == "auto":
-        return
-    hostport = urlparse(address if "://" in address else f"ray://{address}").netloc
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise StartupError(f"cluster.address={address!r}: expected HOST:PORT (or ray://HOST:PORT, "
-                           "http://HOST:8265 for ray_job, or 'auto')")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as err:
-        raise StartupError(f"cluster.address={address!r}: nothing answers at {host}:{port} ({err.strerror or err}); "
-                           "start a head with `ray start --head` or unset cluster.address for a local cluster"
-                           ) from err
-
-
-def _init_ray(cfg: TrainConfig) -> bool:
-    """Connect to (or start) Ray; returns True when this call started a local cluster."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
-    if cfg.cluster.kind == "ray_job":  # inside a Ray job: join the job's cluster (Ray sets RAY_ADDRESS)
-        address = os.environ.get("RAY_ADDRESS") or "auto"
-    if address:
-        check_reachable(address)
-    try:
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=cfg.cluster.num_cpus, include_dashboard=False, log_to_driver=False)
-        return not address
-    except Exception as err:  # ConnectionError, TimeoutError, RuntimeError... depending on the address form
-        raise StartupError(f"cluster.address={address!r}: could not connect to Ray ({type(err).__name__}: "
-                           f"{str(err).splitlines()[0] if str(err) else ''}); start a head with "
-                           "`ray start --head` or unset cluster.address for a local cluster") from err
-
-
-def _load_data(cfg: TrainConfig) -> Any:
-    """Prompt data sets, or (train, held-out) tasks when ``env.name`` is set."""
-    try:
-        if cfg.env.name:
-            from envs.data import load_tasks
-
-            return load_tasks(cfg.env, cfg.seed)
-        return load_prompts(cfg.data)
-    except DataError as err:
-        raise StartupError(str(err)) from err
-    except (ValueError, FileNotFoundError) as err:
-        if not cfg.env.name:
-            raise
-        raise StartupError(f"env: {str(err).splitlines()[0]}") from err
-
-
-def _source(cfg: TrainConfig, tok, data) -> PromptSource:
-    """The task source of the run (see the module docstring)."""
-    if cfg.env.name:
-        from rollout.agent import AgentConfig
-
-        train, test = data
-        return AgentSource(train, test[:cfg.data.test_size] or None,
-                           norm_constant=float(cfg.env.max_turns * cfg.rollout.max_new_tokens),
-                           cache_key="env " + repr(asdict(cfg.env)) + str(cfg.seed),
-                           agent_config=AgentConfig.from_env_config(cfg.env))
-    train_rows = _rows(data["train"], tok)
-    test_rows = _rows(data["test"].select(range(min(cfg.data.test_size, len(data["test"])))), tok) \
-        if "test" in data else None
-    return PromptSource(train_rows, test_rows, norm_constant=float(cfg.rollout.max_new_tokens),
-                        cache_key=repr(asdict(cfg.data)) + str(cfg.seed))
-
-
-def _policy(cfg: TrainConfig, tok, source: PromptSource, device, say) -> tuple[Any, dict[str, torch.Tensor]]:
+def _policy(cfg: TrainConfig, tok: Any, source: TaskSource, say: Callable[[str], None]) -> tuple[Any, dict[str, torch.Tensor]]:
     """The starting policy's config and weights: ``model.path``, or the (cached) cold start."""
     from transformers import AutoModelForCausalLM
 
@@ -330,7 +122,7 @@ def _policy(cfg: TrainConfig, tok, source: PromptSource, device, say) -> tuple[A
 
 
 def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None = None) -> Run:
-    """Check inputs, then build the policy, trainer, workers and logger (see module docstring)."""
+    """Check inputs, then build the policy, trainer, workers, evaluator and logger (see module docstring)."""
     say = say or (lambda s: print(s, file=sys.stderr, flush=True))
     os.environ.setdefault("WANDB_MODE", cfg.logger.mode)
     if not torch.cuda.is_available():
@@ -344,7 +136,7 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
         raise StartupError(f"resume={cfg.resume!r}: no checkpoints/ directory there; give a run directory "
                            "of an earlier run (outputs/EXPERIMENT/DATE_TIME)")
     out.mkdir(parents=True, exist_ok=True)
-    data = _load_data(cfg)
+    data = load_data(cfg)
     try:
         terms = {name: {k: v for k, v in asdict(t).items() if v is not None} for name, t in cfg.rewards.terms.items()}
         rewards = RewardRunner(terms, timeout_s=cfg.rewards.timeout_s, num_workers=cfg.rewards.num_workers,
@@ -354,7 +146,7 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
         raise StartupError(f"rewards: {str(err).strip(chr(34) + chr(39))}") from err
     if not terms:
         raise StartupError("rewards.terms is empty: add a reward term (e.g. rewards=math) or an environment")
-    owns_ray = _init_ray(cfg)
+    owns_ray = init_ray(cfg)
     from rl.placement import PlacementError, place
 
     try:
@@ -363,11 +155,11 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
         raise StartupError(str(err)) from err  # before the (slow) cold start
 
     tok = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
-    source = _source(cfg, tok, data)
-    model_config, weights = _policy(cfg, tok, source, device, say)
+    source = make_source(cfg, tok, data)
+    model_config, weights = _policy(cfg, tok, source, say)
 
     from rl.distributed import make_trainer
-    from rl.policy.convert import build_policy
+    from rl.policy.factory import build_policy
     from rollout.engine import EngineConfig, RolloutEngine
     from rollout.pool import RolloutPool
     from rollout.sampling import SamplingParams
@@ -409,11 +201,16 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
     from rl.logger import make_logger, make_progress
 
     logger = make_logger(cfg.logger, str(out), f"{cfg.experiment}-{out.name}", asdict(cfg))
-    eval_model = build_policy(model_config).to(device).eval()
     verifier = [n for n, t in cfg.rewards.terms.items() if t.name == "env_verifier"]
-    correct_term = verifier[0] if cfg.env.name and verifier else next(iter(cfg.rewards.terms))
+    evaluator = Evaluator(
+        model=build_policy(model_config).to(device).eval(), tokenizer=tok,
+        engine_config=EngineConfig.from_config(cfg.rollout, record_routes=False, record_topk=False),
+        source=source, rewards=rewards,
+        correct_term=verifier[0] if cfg.env.name and verifier else next(iter(cfg.rewards.terms)),
+        greedy=SamplingParams(greedy=True, max_new_tokens=cfg.rollout.max_new_tokens), sampled=sampling,
+        group_size=cfg.algorithm.group_size, seed=cfg.seed)
     return Run(cfg=cfg, dir=out, tokenizer=tok, model_config=model_config, source=source, rewards=rewards,
-               correct_term=correct_term, budget=budget, sampler=sampler, trainer=trainer, pool=pool,
-               eval_model=eval_model, sampling=sampling, logger=logger,
+               budget=budget, sampler=sampler, trainer=trainer, pool=pool, evaluator=evaluator,
+               sampling=sampling, logger=logger,
                progress=make_progress(cfg.logger.progress), step=step, history=history, say=say,
                placement=placement, owns_ray=owns_ray)

@@ -9,7 +9,7 @@ submitted: the config values, the Ray address (``ray_job``), the partition and t
   ``$RAY_ADDRESS`` (the dashboard, ``http://HEAD:8265``). The runtime environment uploads this
   repository as the working directory (without ``.venv``, ``outputs``, ``wandb``, ``.git``) and sets
   ``cluster.env`` plus a few forwarded variables (:data:`FORWARD_ENV`). Inside the job,
-  ``rl.train`` joins the job's cluster (``rl.setup._init_ray``: plain ``RAY_ADDRESS`` from Ray).
+  ``rl.train`` joins the job's cluster (``rl.cluster.init_ray``: plain ``RAY_ADDRESS`` from Ray).
 * ``cluster=slurm``: renders an sbatch script (:func:`render_sbatch`, from ``rl/templates/sbatch.sh``),
   saves it beside the manifest and submits it with ``sbatch`` (or prints it with ``--dry-run``).
 
@@ -176,7 +176,8 @@ def ray_address(cluster: ClusterConfig) -> str:
 
 def ray_client(address: str):
     """A ``JobSubmissionClient`` for ``address``, after checking that something answers there."""
-    from rl.setup import StartupError, check_reachable
+    from rl.cluster import check_reachable
+    from rl.config import StartupError
 
     try:
         check_reachable(address)

@@ -14,7 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rl.config import ConfigError, register_configs, to_config
+from rl.config import ConfigError, StartupError, register_configs, to_config
 
 # The trainer, the rollout workers and the reward workers share the machine's cores in turn: idle
 # OpenMP threads must sleep, not spin for long (spinning halved throughput on two cores), but a
@@ -35,7 +35,6 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     run_dir = HydraConfig.get().runtime.output_dir
     from rl.loop import run  # heavy imports (torch, ray) only after the config is known good
-    from rl.setup import StartupError
 
     # SIGTERM (a scheduler's cancel, `kill`) unwinds like Ctrl-C, so the run shuts its Ray workers
     # down; the last complete checkpoint stays valid either way.

@@ -61,6 +61,20 @@ def test_invalid_values_name_key_value_and_allowed(override: str, message: str) 
     assert str(err.value) == message
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("algorithm.kl_estimator=k4",
+     "algorithm.kl_estimator='k4' is invalid: allowed values are k1, k2, k3, unbiased_k3 (the registered KL estimator names)"),
+    ("algorithm.advantage=ppo", "algorithm.advantage='ppo' is invalid: allowed values are grpo (the registered advantage estimator names)"),
+    ("algorithm.policy_loss=dpo", "algorithm.policy_loss='dpo' is invalid: allowed values are "),
+    ("algorithm.loss_agg=mean", "algorithm.loss_agg='mean' is invalid: allowed values are "),
+])
+def test_registry_names_are_checked_at_start_up(override: str, message: str) -> None:
+    """Even a name whose part is switched off (kl_estimator with kl_coef 0) is checked."""
+    with pytest.raises(ConfigError) as err:
+        _compose([override, "algorithm.kl_coef=0"])
+    assert str(err.value).startswith(message)
+
+
 def test_budget_needs_a_limit() -> None:
     with pytest.raises(ConfigError, match="set at least one limit"):
         _compose(["budget.max_steps=null", "budget.max_seconds=null"])
@@ -92,6 +106,10 @@ def test_cli_prints_config_and_rejects_bad_values() -> None:
     bad = _cli("+experiment=math", "algorithm.group_size=-1")
     assert bad.returncode != 0
     assert bad.stderr.strip() == "config error: algorithm.group_size=-1 is invalid: must be >= 2"
+    k4 = _cli("+experiment=math", "algorithm.kl_estimator=k4")
+    assert k4.returncode != 0 and k4.stderr.strip() == (
+        "config error: algorithm.kl_estimator='k4' is invalid: allowed values are k1, k2, k3, unbiased_k3 "
+        "(the registered KL estimator names)")
     unknown = _cli("model=nope")
     assert unknown.returncode != 0
     assert "Available options in 'model'" in unknown.stderr and "tiny" in unknown.stderr

@@ -145,7 +145,7 @@ def test_warmup_then_sparse(llama_dir, tmp_path):
     saved = json.loads((tmp_path / "warm" / "indexer_report.json").read_text())
     assert saved["after"]["recall"] == a["recall"]
 
-    sparse = run(_stage_config(tmp_path / "warm" / "model", "sparse", 30), str(tmp_path / "sparse"),
+    sparse = run(_stage_config(tmp_path / "warm" / "model", "sparse", 45), str(tmp_path / "sparse"),
                  log=lambda s: None)
     s = sparse["after"]
     assert s["lm_gap"] < 0.7 * a["lm_gap"]

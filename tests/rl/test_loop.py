@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from rl.config import register_configs, to_config
-from rl.setup import StartupError, build_run, check_reachable
+from rl.cluster import check_reachable
+from rl.config import StartupError, register_configs, to_config
+from rl.setup import build_run
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["+experiment=math", "coldstart.sft_steps=10", "coldstart.indexer_warmup_steps=2",

@@ -11,8 +11,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from rl.config import register_configs, to_config
-from rl.setup import AgentSource, StartupError, build_run
+from rl.config import StartupError, register_configs, to_config
+from rl.setup import build_run
+from rl.sources import AgentSource
 from rollout.types import Trajectory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,8 +49,8 @@ def test_agent_experiment_composes() -> None:
 def test_agent_cold_start_passes_the_teacher_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """AgentSource.cold_start hands coldstart.teacher_stop_early, the seed and env.teacher_reasoning
     to the demonstrations, and the demonstrations to run_cold_start."""
-    import envs.data
     import rl.coldstart
+    import rollout.scripted
 
     seen = {}
 
@@ -61,7 +62,7 @@ def test_agent_cold_start_passes_the_teacher_settings(monkeypatch: pytest.Monkey
         seen["run"] = (examples, seed)
         return {"sft_loss": 0.0}
 
-    monkeypatch.setattr(envs.data, "cold_start_examples", fake_examples)
+    monkeypatch.setattr(rollout.scripted, "cold_start_examples", fake_examples)
     monkeypatch.setattr(rl.coldstart, "run_cold_start", fake_run)
     cfg = _cfg(["+experiment=agent", "coldstart.teacher_stop_early=0.25", "seed=3"])
     src = AgentSource(["t1", "t2"], None, norm_constant=8.0, cache_key="k", agent_config="ac")

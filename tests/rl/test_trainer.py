@@ -112,8 +112,6 @@ def test_missing_records_fail_loudly(trajs):
     bare = [fx.Trajectory(**{**t.__dict__, "expert_routes": None}) for t in trajs]
     with pytest.raises(ValueError, match="record_routes"):
         trainer.train_step(bare, fx.fixed_advantages(len(trajs)))
-    with pytest.raises(ValueError, match="keep_indexing"):
-        Trainer(fx.tiny_policy, fx.algo(indexer_loss_weight=1.0, keep_indexing=True), fx.ds(0))
 
 
 # ---- the update -----------------------------------------------------------------------------------
@@ -169,6 +167,17 @@ def test_indexer_loss_trains_only_with_weight(trajs):
             assert moved == 0 and "indexer_loss" not in metrics
         else:
             assert moved > 1e-4 and metrics["indexer_loss"] > 0
+
+
+def test_indexer_loss_trains_under_replayed_selections(trajs):
+    """keep_indexing replays the sampler's selections, and the indexer still runs for its KL loss."""
+    policy = fx.tiny_policy()
+    idx_names = {n for n, p in policy.named_parameters() if id(p) in {id(q) for q in indexer_parameters(policy)}}
+    init = fx.tiny_policy(seed=0).state_dict()
+    trainer = Trainer(fx.tiny_policy, fx.algo(kl_coef=0.0, keep_indexing=True, indexer_loss_weight=1.0), fx.ds(0))
+    metrics = trainer.train_step(trajs, fx.fixed_advantages(len(trajs)))
+    sd = trainer.export_state_dict()
+    assert metrics["indexer_loss"] > 0 and max((sd[n] - init[n]).abs().max() for n in idx_names) > 1e-4
 
 
 def test_zero_advantage_rows_are_skipped_with_the_same_update(trajs):

@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 import torch
 
-from envs.base import compact_tools, parse_turn
+from envs.base import Environment, compact_tools, parse_turn
 from rollout.sampling import SamplingParams
 from rollout.types import Trajectory
 
@@ -133,13 +133,13 @@ def _enc(tok: Any, text: str) -> list[int]:
 
 
 def run_agent(engine: TokenEngine, tasks: Sequence[Any], params: SamplingParams, config: AgentConfig | None = None,
-              *, make_env: Callable[..., Any] | None = None, seed: int | None = None,
+              *, make_env: Callable[..., Environment] | None = None, seed: int | None = None,
               prompt_indices: Sequence[int] | None = None,
               sample_indices: Sequence[int] | None = None) -> list[Trajectory]:
     """Play one episode per task; returns one trajectory per task, in order.
 
-    make_env: ``make_env(task, timeout_s=, max_result_chars=)`` -> environment (default
-    ``envs.registry.make_env``). seed: round r calls ``generate`` with ``seed + r`` (None: the
+    make_env: ``make_env(task, timeout_s=, max_result_chars=)`` -> an ``envs.base.Environment``
+    (default ``envs.registry.make_env``). seed: round r calls ``generate`` with ``seed + r`` (None: the
     engine's own generator). The reward is ``info["env_reward"]`` (read by ``env_verifier``).
     """
     if make_env is None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 
 from hypothesis import given, settings
@@ -172,3 +173,15 @@ def test_parser_fuzz_json_payloads(obj, wrap):
     if isinstance(obj, str) and wrap:  # string arguments parse as JSON or fail cleanly
         ok = c.error is None
     assert (c.error is None) == ok, (payload, c)
+
+
+def test_every_synthesized_family_makes_an_environment():
+    """``make_env`` returns what the agent loop's contract (``envs.base.Environment``) asks for."""
+    from envs.base import Environment
+    from envs.registry import family_names, get_family, make_env
+
+    for name in family_names():
+        family = get_family(name)
+        rng = random.Random(0)
+        task = family.compose(family.build_database(rng), rng, family.min_level)
+        assert isinstance(make_env(task), Environment), name

@@ -35,6 +35,7 @@ from rewards.text import (
     THINK_CLOSE,
     THINK_OPEN,
     dominant_script,
+    extract_answer,
     extract_math_answer,
     prompt_text,
     script_histogram,
@@ -80,16 +81,19 @@ def math_equal(gold: Any, predicted: str) -> bool:
 
 @register_reward("math_correct")
 def math_correct(prompts: Sequence[Any], completions: Sequence[str], answer: Sequence[Any],
-                 think_in_prompt: bool | None = None, **fields: Any) -> list[float]:
+                 think_in_prompt: bool | None = None, extract: str = "strict", **fields: Any) -> list[float]:
     """1.0 when the completion's final answer equals the reference ``answer``, else 0.0.
 
-    Only the answer part counts (text after ``</think>``); the answer is the (unique) boxed
-    expression, or the final ``Answer: X`` line. Several distinct boxed answers score 0.
+    Only the answer part counts (text after ``</think>``). By default (``extract="strict"``) the
+    answer is the (unique) boxed expression, or the final ``Answer: X`` line; several distinct boxed
+    answers score 0. Other readings (``rewards.text.extract_answer``): ``boxed``, ``answer_line``,
+    ``hash`` (``#### X``), ``last_number`` (lenient). Equality is math-verify's in every case.
 
     Args:
         answer: (B,) reference answers (LaTeX or plain strings, or numbers), a dataset column.
         think_in_prompt: the prompt already opened ``<think>``; None detects it per prompt
             (a string prompt ending with ``<think>``).
+        extract: the answer reading, one of ``rewards.text.ANSWER_STYLES``.
 
     >>> math_correct(["1+1?"] * 3, ["<think>1+1=2</think>\\\\boxed{2}",
     ...                              "<think>it is \\\\boxed{2}</think>\\\\boxed{3}",
@@ -99,7 +103,7 @@ def math_correct(prompts: Sequence[Any], completions: Sequence[str], answer: Seq
     scores = []
     for flag, completion, gold in zip(_think_flags(prompts, think_in_prompt), completions, answer, strict=True):
         _, answer_part = split_answer(completion, flag)
-        predicted = extract_math_answer(answer_part) if answer_part is not None else None
+        predicted = extract_answer(answer_part, extract) if answer_part is not None else None
         scores.append(1.0 if predicted is not None and math_equal(gold, predicted) else 0.0)
     return scores
 

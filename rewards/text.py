@@ -108,6 +108,44 @@ def _answer_line_value(line: str) -> str | None:
     return value or None
 
 
+ANSWER_STYLES = ("strict", "boxed", "answer_line", "hash", "last_number")
+"""How a math answer is read from an answer part (:func:`extract_answer`)."""
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+
+
+def extract_answer(answer: str, style: str = "strict") -> str | None:
+    """The final answer of an answer part under one reading ``style``, or None:
+
+    * ``strict`` (default, V3.2's rule): :func:`extract_math_answer` (a unique boxed answer, else a
+      final ``Answer: X`` line);
+    * ``boxed``: a unique boxed answer only;
+    * ``answer_line``: the final ``Answer: X`` line only (earlier ones must agree);
+    * ``hash``: the last line ``#### X`` (GSM8K's convention);
+    * ``last_number``: the last number written anywhere in the answer part (lenient: how a
+      pretrained model's free text is usually graded; thousands separators dropped).
+
+    >>> [extract_answer("So 3 + 4 = 7 apples.", s) for s in ("strict", "last_number")]
+    [None, '7']
+    >>> extract_answer("We add.\\n#### 1,250", "hash"), extract_answer("\\\\boxed{5}\\nAnswer: 6", "answer_line")
+    ('1250', '6')
+    """
+    if style not in ANSWER_STYLES:
+        raise ValueError(f"answer style {style!r}: allowed {', '.join(ANSWER_STYLES)}")
+    if style == "strict":
+        return extract_math_answer(answer)
+    if style == "boxed":
+        return extract_math_answer(answer) if find_boxed(answer) else None
+    if style == "answer_line":
+        return extract_math_answer("\n".join(line for line in answer.splitlines() if not find_boxed(line)))
+    if style == "hash":
+        lines = [line.strip() for line in answer.splitlines() if line.strip()]
+        if not lines or not lines[-1].startswith("####"):
+            return None
+        return lines[-1][4:].strip().replace(",", "").rstrip(".") or None
+    numbers = _NUMBER.findall(answer)
+    return numbers[-1].replace(",", "") if numbers else None
+
+
 def extract_math_answer(answer: str) -> str | None:
     """The final answer written in an answer part, or None (see the module docstring for rules).
 

@@ -166,6 +166,12 @@ class DataConfig:
     """Column holding the reference answer (passed to rewards as ``answer``)."""
     test_size: int = _f(200, ge=1)
     """Held-out problems used per evaluation."""
+    system_prompt: str | None = None
+    """A system message put before every prompt (through the model's chat template); unset = none."""
+    prompt_template: str = "{prompt}"
+    """The user message, with ``{prompt}`` replaced by the data set's prompt text (other braces are
+    kept as written), e.g. ``"{prompt}\nPut the final answer in \\boxed{}."``. Prompts given as
+    chat messages are used as they are."""
     synth: SynthMathConfig = field(default_factory=SynthMathConfig)
     """Settings of the embedded math generator."""
     cache_dir: str | None = None
@@ -483,6 +489,9 @@ def _check_cross_fields(obj: Any, prefix: str) -> None:
             if (term.name is None) == (term._target_ is None):
                 raise ConfigError(f"{prefix}terms.{name} is invalid: set exactly one of 'name' "
                                   "(a registered reward) or '_target_' (a dotted import path)")
+    if isinstance(obj, DataConfig) and "{prompt}" not in obj.prompt_template:
+        raise ConfigError(f"{prefix}prompt_template={obj.prompt_template!r} is invalid: it must contain "
+                          "'{prompt}' where the problem goes")
     if isinstance(obj, BudgetConfig):
         limits = (obj.max_steps, obj.max_samples, obj.max_tokens, obj.max_flops, obj.max_seconds,
                   obj.pretrain_fraction)

@@ -164,11 +164,26 @@ def load_data(cfg: TrainConfig) -> Any:
         raise StartupError(f"env: {str(err).splitlines()[0]}") from err
 
 
-def _rows(ds: Any, tok: Any) -> list[dict[str, Any]]:
-    """Data set records with their chat-templated ``prompt_ids``."""
+def prompt_messages(prompt: str | list[dict[str, str]], system_prompt: str | None = None,
+                    template: str = "{prompt}") -> list[dict[str, str]]:
+    """The chat messages of one data-set prompt: chat messages are kept as they are; a text goes
+    into ``template`` (its ``{prompt}``) as the user message, after ``system_prompt`` if set.
+
+    >>> prompt_messages("1+1?", "Be brief.", "{prompt} Answer in one line.")
+    [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': '1+1? Answer in one line.'}]
+    """
+    if isinstance(prompt, list):
+        return prompt
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*system, {"role": "user", "content": template.replace("{prompt}", prompt)}]
+
+
+def _rows(ds: Any, tok: Any, data_cfg: Any) -> list[dict[str, Any]]:
+    """Data set records with their chat-templated ``prompt_ids`` (``data.system_prompt`` and
+    ``data.prompt_template`` applied through the model's own chat template)."""
     rows = []
     for r in ds:
-        msgs = r["prompt"] if isinstance(r["prompt"], list) else [{"role": "user", "content": r["prompt"]}]
+        msgs = prompt_messages(r["prompt"], data_cfg.system_prompt, data_cfg.prompt_template)
         text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         rows.append({**r, "prompt_ids": tok(text, add_special_tokens=False)["input_ids"]})
     return rows
@@ -184,8 +199,8 @@ def make_source(cfg: TrainConfig, tok: Any, data: Any) -> PromptSource:
                            norm_constant=float(cfg.env.max_turns * cfg.rollout.max_new_tokens),
                            cache_key="env " + repr(asdict(cfg.env)) + str(cfg.seed),
                            agent_config=AgentConfig.from_env_config(cfg.env))
-    train_rows = _rows(data["train"], tok)
-    test_rows = _rows(data["test"].select(range(min(cfg.data.test_size, len(data["test"])))), tok) \
+    train_rows = _rows(data["train"], tok, cfg.data)
+    test_rows = _rows(data["test"].select(range(min(cfg.data.test_size, len(data["test"])))), tok, cfg.data) \
         if "test" in data else None
     return PromptSource(train_rows, test_rows, norm_constant=float(cfg.rollout.max_new_tokens),
                         cache_key=repr(asdict(cfg.data)) + str(cfg.seed))

@@ -29,6 +29,26 @@ def test_math_correct_cases():
     assert got == [e for _, _, e in cases]
 
 
+@pytest.mark.parametrize(("style", "expected"), [
+    # completions: boxed | Answer line | #### line | free text | box and a later Answer line that disagree
+    ("strict", [1.0, 1.0, 0.0, 0.0, 1.0]),
+    ("boxed", [1.0, 0.0, 0.0, 0.0, 1.0]),
+    ("answer_line", [0.0, 1.0, 0.0, 0.0, 0.0]),
+    ("hash", [0.0, 0.0, 1.0, 0.0, 0.0]),
+    ("last_number", [1.0, 1.0, 1.0, 1.0, 0.0]),
+])
+def test_math_correct_answer_styles(style, expected):
+    completions = [r"So it is \boxed{12}.", "We add.\nAnswer: 12", "5 + 7 = 12\n#### 12",
+                   "Ada has 5 + 7 = 12 apples left.", "\\boxed{12}\nAnswer: 13"]
+    got = math_correct(["q"] * 5, completions, answer=["12"] * 5, extract=style)
+    assert got == expected
+
+
+def test_math_correct_rejects_an_unknown_style():
+    with pytest.raises(ValueError, match="allowed strict, boxed, answer_line, hash, last_number"):
+        math_correct(["q"], ["12"], answer=["12"], extract="loose")
+
+
 def test_math_correct_think_in_prompt():
     prompts = ["<|assistant|><think>", "<|assistant|>"]
     # With the prompt holding <think>, "... \boxed{3}" without </think> is still reasoning.

@@ -56,10 +56,18 @@ def convert_model(src: nn.Module, seed: int = 0, **indexer: Any) -> DSALlamaForC
 
 
 def convert_pretrained(src: str, dst: str | Path | None = None, seed: int = 0, **indexer: Any) -> DSALlamaForCausalLM:
-    """Load `src` (local dir or hub id) with AutoModelForCausalLM, convert, and (if `dst`) save the
-    model and the source's tokenizer files there."""
+    """Load `src` (local dir, hub id, or a ``gguf:PATH`` / ``gguf:smollm2`` source, see
+    `rl.policy.gguf`) with AutoModelForCausalLM, convert, and (if `dst`) save the model and the
+    source's tokenizer files there."""
     from transformers import AutoTokenizer
 
+    from rl.policy.gguf import export_gguf, is_gguf
+
+    if is_gguf(src):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="dsa-gguf-") as plain:
+            return convert_pretrained(str(export_gguf(src, plain)), dst, seed, **indexer)
     model = convert_model(AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32), seed=seed, **indexer)
     if dst is not None:
         model.save_pretrained(dst)

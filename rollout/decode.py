@@ -44,7 +44,7 @@ import torch
 
 from rl.policy.cache import DSACache
 from rl.policy.indexer import index_scores, select_topk
-from rl.policy.layers import rope_cos_sin
+from rl.policy.layers import model_rope_tables
 from rl.policy.mla import AttentionContext, MLAttention
 from rl.policy.modeling import DSAForCausalLM
 from rl.policy.moe import MoE
@@ -141,10 +141,9 @@ class StaticDecoder:
         h = model.model.embed_tokens(tokens[:, None])  # (B, 1, d)
         valid.index_fill_(1, slot, True)
         pos = positions[:, None]  # (B, 1)
+        rope, index_rope = model_rope_tables(cfg, pos)
         ctx = AttentionContext(
-            start=0, key_valid=valid, mode=mode,
-            rope=rope_cos_sin(pos, cfg.qk_rope_head_dim, cfg.rope_theta),
-            index_rope=rope_cos_sin(pos, cfg.index_head_dim // 2, cfg.rope_theta),
+            start=0, key_valid=valid, mode=mode, rope=rope, index_rope=index_rope,
             want_topk=want_topk, want_indexer_loss=False,
         )
         allowed = valid[:, None, :]  # (B, 1, capacity)

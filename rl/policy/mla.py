@@ -48,7 +48,7 @@ from rl.policy.cache import DSACache
 from rl.policy.configuration import DSAConfig
 from rl.policy.indexer import LightningIndexer, chunk_selection, index_scores, indices_to_mask
 from rl.policy.indexer_loss import indexer_kl
-from rl.policy.layers import RMSNorm, apply_rope
+from rl.policy.layers import RMSNorm, apply_rope, yarn_softmax_scale
 
 
 @dataclass
@@ -64,7 +64,7 @@ class AttentionContext:
     rope: tuple[torch.Tensor, torch.Tensor]
     """MLA RoPE cos/sin, each (B, T, qk_rope_head_dim / 2)."""
     index_rope: tuple[torch.Tensor, torch.Tensor]
-    """Indexer RoPE cos/sin, each (B, T, index_head_dim / 4)."""
+    """Indexer RoPE cos/sin, each (B, T, index_rope_dim / 2)."""
     want_topk: bool
     """Return the selected positions of every query."""
     want_indexer_loss: bool
@@ -163,7 +163,7 @@ class MLAttention(nn.Module):
         self.kv_lora = config.kv_lora_rank
         self.topk = config.index_topk
         self.chunk = config.attention_chunk_size
-        self.scale = (self.dn + self.dr) ** -0.5
+        self.scale = yarn_softmax_scale(config.rope_yarn, (self.dn + self.dr) ** -0.5)
         self.q_a = nn.Linear(config.hidden_size, config.q_lora_rank, bias=False)
         self.q_norm = RMSNorm(config.q_lora_rank, config.rms_norm_eps)
         self.q_b = nn.Linear(config.q_lora_rank, self.n_heads * (self.dn + self.dr), bias=False)

@@ -39,7 +39,7 @@ from transformers.utils import ModelOutput
 from rl.policy.cache import DSACache
 from rl.policy.configuration import DSAConfig
 from rl.policy.indexer_loss import freeze_all_but_indexer
-from rl.policy.layers import RMSNorm, rope_cos_sin
+from rl.policy.layers import RMSNorm, model_rope_tables
 from rl.policy.mla import AttentionContext, MLAttention
 from rl.policy.moe import MoE, SwiGLU
 
@@ -182,10 +182,9 @@ class DSAForCausalLM(DSAPreTrainedModel, GenerationMixin):
             key_valid = torch.ones(B, T, dtype=torch.bool, device=h.device)
         if position_ids is None:
             position_ids = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, start:]
+        rope, index_rope = model_rope_tables(cfg, position_ids)
         ctx = AttentionContext(
-            start=start, key_valid=key_valid, mode=mode,
-            rope=rope_cos_sin(position_ids, cfg.qk_rope_head_dim, cfg.rope_theta),
-            index_rope=rope_cos_sin(position_ids, cfg.index_head_dim // 2, cfg.rope_theta),
+            start=start, key_valid=key_valid, mode=mode, rope=rope, index_rope=index_rope,
             want_topk=output_topk_indices and mode == "sparse",
             want_indexer_loss=output_indexer_loss,
         )

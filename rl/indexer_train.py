@@ -9,7 +9,8 @@ then ``+experiment=dsa_sparse model.path=RUN_DIR/model`` (DeepSeek-V3.2 section 
   detached (so it learns only from its KL) and the KL target is detached (so the model learns only
   from the LM loss). The indexer keeps ``indexer.lr``, the rest trains at ``indexer.model_lr``.
 
-``model.path`` is a Llama/Qwen2-family checkpoint (converted on the fly with ``rl.policy.convert``)
+``model.path`` is a Llama/Qwen2-family checkpoint (converted on the fly with ``rl.policy.convert``),
+a DeepSeek-V3/V3.2 checkpoint (converted once into the native MLA policy, cached)
 or an already converted ``dsa_llama`` model. Training runs in one process under a DeepSpeed engine
 (ZeRO stage from ``deepspeed.zero_stage``; a torch AdamW, as ``rl.trainer``) until the first
 ``budget`` limit (steps, tokens, FLOPs, seconds). Before and after, :func:`measure` reports per
@@ -102,11 +103,14 @@ def measure(model: Any, data: torch.Tensor, batch_size: int) -> dict[str, Any]:
     for i in range(0, data.shape[0], batch_size):
         ids = data[i:i + batch_size].to(dev)
         out = model(ids, labels=ids, attention_mode="dense", use_cache=False, output_attention_maps=True)
+        maps = getattr(out, "attention_maps", None)
+        if maps is None:  # the native MLA policy (e.g. a converted DeepSeek-V3/V3.2) has no maps output
+            maps = native_attention_maps(model, ids)
         lm["dense"] += out.lm_loss.item() * ids.shape[0]
         lm["sparse"] += model(ids, labels=ids, attention_mode="sparse", use_cache=False).lm_loss.item() * ids.shape[0]
         if hits is None:
-            hits, mass, best = ([0.0] * len(out.attention_maps) for _ in range(3))
-        for layer, (target, scores, allowed) in enumerate(out.attention_maps):
+            hits, mass, best = ([0.0] * len(maps) for _ in range(3))
+        for layer, (target, scores, allowed) in enumerate(maps):
             n_allowed = allowed.sum(-1)  # (B, T)
             rows = n_allowed > k
             S = allowed.shape[-1]
@@ -143,6 +147,42 @@ def format_report(before: dict[str, Any], after: dict[str, Any], stage: str) -> 
     return "\n".join(lines)
 
 
+@torch.no_grad()
+def native_attention_maps(model: Any, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per layer (dense head-summed L1-normalised attention (B, T, T) fp32, index scores (B, T, T) fp32,
+    causal mask (B, T, T)) of a native `DSAForCausalLM` on unpadded ids (B, T): each layer's input is
+    captured in one dense forward, then its projections, dense MLA and indexer are re-run on it."""
+    from rl.policy.indexer import index_scores
+    from rl.policy.layers import model_rope_tables
+    from rl.policy.mla import AttentionContext
+
+    inputs: list[torch.Tensor] = []
+    hooks = [layer.attn.register_forward_pre_hook(lambda mod, args: inputs.append(args[0]))
+             for layer in model.model.layers]
+    try:
+        model(ids, attention_mode="dense", use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    B, T = ids.shape
+    pos = torch.arange(T, device=ids.device).expand(B, T)
+    rope, index_rope = model_rope_tables(model.config, pos)
+    maps = []
+    for layer, h in zip(model.model.layers, inputs, strict=True):
+        attn = layer.attn
+        ctx = AttentionContext(start=0, key_valid=torch.ones(B, T, dtype=torch.bool, device=ids.device), mode="dense",
+                               rope=rope, index_rope=index_rope, want_topk=False, want_indexer_loss=True)
+        p = attn.project(h, ctx)
+        allowed = attn._allowed(ctx, 0, T)  # (B, T, T)
+        kv = attn.kv_b(p["entry"][..., : attn.kv_lora]).view(B, T, attn.n_heads, attn.dn + attn.dv)
+        k_nope, values = kv.split([attn.dn, attn.dv], dim=-1)
+        _, probs = attn._dense(p["q_nope"], p["q_rope"], k_nope, p["entry"], values, allowed)  # (B, H, T, T)
+        target = probs.float().sum(1)
+        maps.append((target / target.sum(-1, keepdim=True), index_scores(p["index_q"], p["index_k"].float(),
+                                                                          p["index_w"]), allowed))
+    return maps
+
+
 # ---- training -----------------------------------------------------------------------------------
 def load_policy(cfg: TrainConfig) -> tuple[Any, Any]:
     """The model (converted if ``model.path`` is a plain Llama/Qwen2 checkpoint) and its tokenizer."""
@@ -156,7 +196,15 @@ def load_policy(cfg: TrainConfig) -> tuple[Any, Any]:
         raise ValueError("model.path is unset: give a Llama/Qwen2 checkpoint or a converted dsa_llama model")
     tok = load_tokenizer(cfg.model.tokenizer or path)
     dtype = getattr(torch, cfg.model.dtype)
-    if AutoConfig.from_pretrained(path).model_type == DSALlamaConfig.model_type:
+    from rl.policy.deepseek import cached_conversion, is_deepseek_dir
+
+    if is_deepseek_dir(path):  # DeepSeek-V3/V3.2: converted to the native DSA policy once (cached)
+        from rl.data import default_cache_dir
+
+        native = cached_conversion(path, cfg.data.cache_dir or default_cache_dir(), seed=cfg.seed, dtype=dtype,
+                                   index_topk=cfg.model.index_topk)
+        model = AutoModelForCausalLM.from_pretrained(native, dtype=dtype)
+    elif AutoConfig.from_pretrained(path).model_type == DSALlamaConfig.model_type:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         if cfg.model.index_topk is not None:
             model.config.index_topk = cfg.model.index_topk
@@ -188,7 +236,7 @@ def train_stage(model: Any, data: torch.Tensor, cfg: TrainConfig, budget: Any,
     import deepspeed
 
     from rl.distributed import init_distributed
-    from rl.policy.convert import sequence_forward_macs
+    from rl.policy.convert import policy_sequence_macs as sequence_forward_macs  # native or dsa_llama
     from rl.policy.indexer_loss import indexer_parameters
 
     ic = cfg.indexer

@@ -406,6 +406,8 @@ def convert_pretrained(src: str, dst: str | Path | None = None, seed: int = 0, *
     `rl.policy.deepseek` instead (streamed into the native `DSAForCausalLM`)."""
     from transformers import AutoTokenizer
 
+    from rl.policy.deepseek import is_deepseek_dir
+
     if is_deepseek_dir(src):
         return convert_deepseek_pretrained(src, dst, seed=seed, **indexer)
     indexer = {k: v for k, v in indexer.items() if v is not None}
@@ -418,16 +420,6 @@ def convert_pretrained(src: str, dst: str | Path | None = None, seed: int = 0, *
         except (OSError, ValueError):
             pass  # no tokenizer next to the weights: give model.tokenizer= later
     return model
-
-
-def is_deepseek_dir(src: str | Path) -> bool:
-    """True for a local checkpoint directory whose config.json says deepseek_v3 / deepseek_v32."""
-    import json
-
-    from rl.policy.deepseek import SOURCE_TYPES
-
-    cfg = Path(src) / "config.json"
-    return cfg.is_file() and json.loads(cfg.read_text()).get("model_type") in SOURCE_TYPES
 
 
 def convert_deepseek_pretrained(src: str | Path, dst: str | Path | None = None, seed: int = 0,
@@ -502,7 +494,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import sys
 
-    from rl.policy.deepseek import CheckpointError, convert_deepseek
+    from rl.policy.deepseek import CheckpointError, convert_deepseek, is_deepseek_dir
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("src")

@@ -380,6 +380,32 @@ def _copy_tokenizer(src: Path, dst: Path) -> list[str]:
     return copied
 
 
+def is_deepseek_dir(src: str | Path) -> bool:
+    """True for a local checkpoint directory whose config.json says deepseek_v3 / deepseek_v32."""
+    cfg = Path(src) / "config.json"
+    return cfg.is_file() and json.loads(cfg.read_text()).get("model_type") in SOURCE_TYPES
+
+
+def cached_conversion(src: str | Path, cache_root: str | Path, seed: int = 0, dtype: torch.dtype = torch.float32,
+                      **indexer: Any) -> Path:
+    """`convert_deepseek` once per (source, settings) into cache_root/converted/KEY (written to a temporary
+    sibling, then renamed): how `model.path=` a V3/V3.2 directory is used by rl.train / rl.indexer_train."""
+    import hashlib
+
+    src = Path(src).resolve()
+    stamp = (src / "config.json").stat().st_mtime_ns
+    key = hashlib.sha256(repr((str(src), stamp, seed, str(dtype), sorted(indexer.items()))).encode()).hexdigest()[:16]
+    out = Path(cache_root) / "converted" / key
+    if (out / "config.json").exists():
+        return out
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    convert_deepseek(src, tmp, dtype=dtype, seed=seed, **indexer)
+    tmp.rename(out)
+    return out
+
+
 def convert_deepseek(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float32, seed: int = 0,
                      **indexer: Any) -> DSAConfig:
     """Stream a deepseek_v3 / deepseek_v32 checkpoint directory into a `dsa` one (see module docstring).

@@ -333,7 +333,7 @@ def _dsa_tensors(ck: ShardedCheckpoint, shard: str, cfg: DSAConfig, interleaved:
     de-interleaved, fused experts split)."""
     perms = {"q_b": rope_row_perm(cfg, "q"), "kv_a": rope_row_perm(cfg, "kv")} if interleaved else {}
     for name in ck.names(shard):
-        if name.endswith("_scale_inv") or name.endswith(".weight_scale"):
+        if name.endswith(("_scale_inv", ".weight_scale")):
             continue  # read with its weight
         m = _LAYER.match(name)
         if m and int(m.group(1)) >= cfg.num_hidden_layers:

@@ -37,11 +37,11 @@ from rl.policy.moe import limit_to_groups
 
 YARN = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16,
         "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 0.8}
-SHAPE = dict(vocab_size=101, hidden_size=64, intermediate_size=96, moe_intermediate_size=24, num_hidden_layers=3,
-             num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1, n_routed_experts=8, kv_lora_rank=32,
-             q_lora_rank=48, qk_rope_head_dim=8, v_head_dim=16, qk_nope_head_dim=16, n_group=4, topk_group=2,
-             num_experts_per_tok=3, first_k_dense_replace=1, routed_scaling_factor=2.5, initializer_range=0.1,
-             max_position_embeddings=64, rope_parameters=YARN)
+SHAPE = {"vocab_size": 101, "hidden_size": 64, "intermediate_size": 96, "moe_intermediate_size": 24,
+         "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 4, "n_shared_experts": 1,
+         "n_routed_experts": 8, "kv_lora_rank": 32, "q_lora_rank": 48, "qk_rope_head_dim": 8, "v_head_dim": 16,
+         "qk_nope_head_dim": 16, "n_group": 4, "topk_group": 2, "num_experts_per_tok": 3, "first_k_dense_replace": 1,
+         "routed_scaling_factor": 2.5, "initializer_range": 0.1, "max_position_embeddings": 64, "rope_parameters": YARN}
 T = 24
 
 
@@ -186,12 +186,13 @@ def test_export_round_trip_loads_as_deepseek_v32(tmp_path):
         assert torch.equal(v, orig[k]), k
 
 
-def test_tiny_preset_random_init_exports_exactly(tmp_path):
+@pytest.mark.parametrize("preset", ["tiny", "tiny-dense-ffn"])
+def test_tiny_preset_random_init_exports_exactly(tmp_path, preset):
     from rl.policy.tokenizer import build_tokenizer
 
     tok = build_tokenizer()
     torch.manual_seed(0)
-    cfg = DSAConfig.from_preset("tiny", vocab_size=len(tok), eos_token_id=tok.eos_token_id,
+    cfg = DSAConfig.from_preset(preset, vocab_size=len(tok), eos_token_id=tok.eos_token_id,
                                 pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
     model = DSAForCausalLM(cfg).eval()
     with torch.no_grad():
@@ -313,8 +314,8 @@ PEAK_SCRIPT = textwrap.dedent("""
 
 
 def test_streaming_conversion_peak_memory_is_about_one_shard(tmp_path):
-    big = dict(SHAPE, vocab_size=4096, hidden_size=256, moe_intermediate_size=256, intermediate_size=512,
-               num_hidden_layers=4, n_routed_experts=8, q_lora_rank=64, kv_lora_rank=64)
+    big = {**SHAPE, "vocab_size": 4096, "hidden_size": 256, "moe_intermediate_size": 256, "intermediate_size": 512,
+           "num_hidden_layers": 4, "n_routed_experts": 8, "q_lora_rank": 64, "kv_lora_rank": 64}
     cfg = DeepseekV32Config(**big, index_topk=8, index_n_heads=4, index_head_dim=16)
     torch.manual_seed(0)
     DeepseekV32ForCausalLM(cfg).save_pretrained(tmp_path / "src", max_shard_size="4MB")

@@ -506,6 +506,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     indexer = {"index_topk": a.index_topk, "index_n_heads": a.index_n_heads, "index_head_dim": a.index_head_dim}
+    cfg_file = Path(a.src) / "config.json"
+    if cfg_file.is_file():
+        import json
+
+        mt = json.loads(cfg_file.read_text()).get("model_type")
+        supported = (*SOURCE_TYPES, "deepseek_v3", "deepseek_v32")
+        if mt not in supported:
+            sys.exit(f"error: {a.src}: model_type {mt!r} cannot be converted; supported: {', '.join(supported)}")
     try:
         if is_deepseek_dir(a.src):  # streamed: never the whole model in memory
             convert_deepseek(a.src, a.dst, dtype=getattr(torch, a.dtype), seed=a.seed, **indexer)

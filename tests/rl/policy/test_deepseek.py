@@ -343,6 +343,18 @@ def test_error_unsupported_model_type():
     assert "mixtral" in _one_line(err) and "deepseek_v32" in _one_line(err)
 
 
+def test_cli_errors_are_one_line(tmp_path):
+    (tmp_path / "mx").mkdir()
+    (tmp_path / "mx" / "config.json").write_text(json.dumps({"model_type": "mixtral"}))
+    root = Path(__file__).parents[3]
+    for module, src in (("rl.policy.convert", tmp_path / "mx"), ("rl.policy.export", tmp_path / "mx")):
+        r = subprocess.run([sys.executable, "-m", module, str(src), str(tmp_path / "out")], capture_output=True,
+                           text=True, cwd=root, check=False)
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and "mixtral" in last, last
+
+
 def test_error_missing_shard(tmp_path):
     _v32().save_pretrained(tmp_path / "v32", max_shard_size="100KB")
     victim = sorted((tmp_path / "v32").glob("*.safetensors"))[1]

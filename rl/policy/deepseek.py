@@ -420,6 +420,11 @@ def convert_deepseek(src: str | Path, dst: str | Path, dtype: torch.dtype = torc
     dst.mkdir(parents=True, exist_ok=True)
     weight_map: dict[str, str] = {}
     n = len(ck.shards)
+    new_indexers: dict[str, list[int]] = {}
+    if raw["model_type"] == "deepseek_v3":
+        for layer in range(cfg.num_hidden_layers):
+            home = ck.where.get(f"model.layers.{layer}.self_attn.q_a_proj.weight", ck.shards[-1])
+            new_indexers.setdefault(home, []).append(layer)
     for i, shard in enumerate(ck.shards):
         out: dict[str, torch.Tensor] = {}
         for name, t in _dsa_tensors(ck, shard, cfg, interleaved, block, dtype):
@@ -430,9 +435,8 @@ def convert_deepseek(src: str | Path, dst: str | Path, dtype: torch.dtype = torc
                 raise CheckpointError(f"{name} from {shard} has shape {tuple(t.shape)} but config.json implies "
                                       f"{want[name]}: the weights do not match the config")
             out[name] = t
-        if raw["model_type"] == "deepseek_v3" and i == n - 1:
-            for layer in range(cfg.num_hidden_layers):
-                out.update(_new_indexer(cfg, layer, seed, dtype))
+        for layer in new_indexers.get(shard, []):  # V3: fresh indexers beside their layer's query projection
+            out.update(_new_indexer(cfg, layer, seed, dtype))
         save_file(out, dst / _shard_name(i, n), metadata={"format": "pt"})
         weight_map.update({k: _shard_name(i, n) for k in out})
         del out
@@ -442,7 +446,7 @@ def convert_deepseek(src: str | Path, dst: str | Path, dtype: torch.dtype = torc
         raise CheckpointError(f"{len(missing)} weights missing from {src} (first: {missing[0]}): the checkpoint is "
                               "incomplete or its layer/expert counts disagree with config.json")
     (dst / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
-    cfg.torch_dtype = str(dtype).removeprefix("torch.")
+    cfg.dtype = dtype
     cfg.save_pretrained(dst)
     _copy_tokenizer(src, dst)
     return cfg

@@ -164,7 +164,8 @@ class LightningIndexer(nn.Module):
         self.k_norm = nn.LayerNorm(self.head_dim, eps=config.rms_norm_eps)
         self.weights_proj = nn.Linear(config.hidden_size, self.n_heads, bias=False)
         self.weight_scale = self.n_heads ** -0.5 * self.head_dim ** -0.5
-        self.rope_dim = config.index_rope_dim
+        # DSAConfig says how many dims rotate; configs without the field (dsa_llama) rotate the first half.
+        self.rope_dim = getattr(config, "index_rope_dim", self.head_dim // 2)
 
     def _rope_first_half(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """RoPE on the first `rope_dim` dims (cos/sin (..., rope_dim / 2)), the rest unchanged."""

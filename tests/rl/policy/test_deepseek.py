@@ -241,10 +241,10 @@ def test_dequantize_fp8_hand_computed():
         dequantize_fp8(w, s[:1], (2, 2))
 
 
-def _fp8_checkpoint(ref, directory: Path, block: int = 16) -> dict[str, torch.Tensor]:
+def _fp8_checkpoint(ref, directory: Path, block: int = 16, shard: str = "100KB") -> dict[str, torch.Tensor]:
     """Save `ref` with every 2-D projection weight in FP8 + weight_scale_inv (as official V3.2 does:
     not the embeddings, LM head, norms or router); returns the dequantized state the converter must see."""
-    ref.save_pretrained(directory, max_shard_size="100KB")
+    ref.save_pretrained(directory, max_shard_size=shard)
     index = directory / "model.safetensors.index.json"
     data = json.loads(index.read_text())
     skip = ("embed_tokens", "lm_head", "norm", "mlp.gate.weight", "weights_proj")
@@ -298,36 +298,43 @@ PEAK_SCRIPT = textwrap.dedent("""
     import sys, threading, time
     from rl.policy.deepseek import convert_deepseek, expected_shapes, read_config, dsa_config_from_deepseek
     expected_shapes(dsa_config_from_deepseek(read_config(sys.argv[1])))  # imports and one-off set-up first
-    def anon():  # resident memory: anonymous + memory-mapped file pages
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    base = anon(); peak = [base]; done = [False]
+    def status():  # (anonymous, resident = anonymous + memory-mapped file pages) in bytes
+        f = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(("RssAnon", "VmRSS"))}
+        return f["RssAnon"], f["VmRSS"]
+    base = status(); peak = list(base); done = [False]
     def watch():
         while not done[0]:
-            peak[0] = max(peak[0], anon()); time.sleep(0.002)
+            now = status(); peak[0], peak[1] = max(peak[0], now[0]), max(peak[1], now[1]); time.sleep(0.002)
     th = threading.Thread(target=watch); th.start()
     convert_deepseek(sys.argv[1], sys.argv[2])
     done[0] = True; th.join()
-    print(peak[0] - base)
+    print(peak[0] - base[0], peak[1] - base[1])
 """)
 
 
-def test_streaming_conversion_peak_memory_is_about_one_shard(tmp_path):
+@pytest.mark.parametrize("fp8", [False, True])
+def test_streaming_conversion_peak_memory_is_about_one_shard(tmp_path, fp8):
     big = {**SHAPE, "vocab_size": 4096, "hidden_size": 256, "moe_intermediate_size": 256, "intermediate_size": 512,
            "num_hidden_layers": 4, "n_routed_experts": 8, "q_lora_rank": 64, "kv_lora_rank": 64}
     cfg = DeepseekV32Config(**big, index_topk=8, index_n_heads=4, index_head_dim=16)
     torch.manual_seed(0)
-    DeepseekV32ForCausalLM(cfg).save_pretrained(tmp_path / "src", max_shard_size="4MB")
+    model = DeepseekV32ForCausalLM(cfg)
+    if fp8:  # official layout: projections in FP8 with 128 x 128 block scales
+        _fp8_checkpoint(model, tmp_path / "src", block=128, shard="1MB")
+    else:
+        model.save_pretrained(tmp_path / "src", max_shard_size="4MB")
     shards = sorted((tmp_path / "src").glob("*.safetensors"))
-    total, largest = sum(s.stat().st_size for s in shards), max(s.stat().st_size for s in shards)
     assert len(shards) >= 7
     out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(tmp_path / "src"), str(tmp_path / "dst")],
                          capture_output=True, text=True, check=True, cwd=Path(__file__).parents[3])
-    peak = int(out.stdout.strip().splitlines()[-1])
-    print(f"checkpoint {total / 2**20:.1f} MiB in {len(shards)} shards (largest {largest / 2**20:.1f} MiB); "
-          f"conversion peak resident memory +{peak / 2**20:.1f} MiB")
-    assert peak < 3 * largest and peak < 0.5 * total
+    anon, rss = (int(x) for x in out.stdout.strip().splitlines()[-1].split())
+    written = sorted((tmp_path / "dst").glob("*.safetensors"))
+    total, largest = sum(s.stat().st_size for s in written), max(s.stat().st_size for s in written)
+    mib = 2**20
+    print(f"{'FP8' if fp8 else 'fp32'} source: {len(shards)} shards {sum(s.stat().st_size for s in shards) / mib:.1f} "
+          f"MiB -> fp32 {total / mib:.1f} MiB (largest output shard {largest / mib:.1f} MiB); peak memory of the "
+          f"conversion: anonymous +{anon / mib:.1f} MiB, resident (with mapped file pages) +{rss / mib:.1f} MiB")
+    assert anon < 1.5 * largest and rss < 3 * largest and rss < 0.5 * total
 
 
 # ---- clear errors -------------------------------------------------------------------------------

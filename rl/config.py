@@ -52,6 +52,9 @@ class ModelConfig:
     """Override the preset's number of selected tokens per query."""
     dtype: str = _f("float32", choices=("float32", "bfloat16", "float16"))
     """Parameter / compute dtype (use float32 on CPU: bf16 there is ~3x slower)."""
+    final_format: str = _f("dsa", choices=("dsa", "deepseek_v32"))
+    """Format of the run's ``final/`` policy: ``dsa`` (ours) or ``deepseek_v32`` (transformers'
+    DeepseekV32ForCausalLM / serving engines; the ``dsa`` copy then goes to ``final_dsa/``)."""
 
 
 @dataclass

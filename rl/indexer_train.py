@@ -9,7 +9,8 @@ then ``+experiment=dsa_sparse model.path=RUN_DIR/model`` (DeepSeek-V3.2 section 
   detached (so it learns only from its KL) and the KL target is detached (so the model learns only
   from the LM loss). The indexer keeps ``indexer.lr``, the rest trains at ``indexer.model_lr``.
 
-``model.path`` is a Llama/Qwen2-family checkpoint (converted on the fly with ``rl.policy.convert``)
+``model.path`` is a Llama/Qwen2-family checkpoint (converted on the fly with ``rl.policy.convert``),
+a DeepSeek-V3/V3.2 checkpoint (converted once into the native MLA policy, cached)
 or an already converted ``dsa_llama`` model. Training runs in one process under a DeepSpeed engine
 (ZeRO stage from ``deepspeed.zero_stage``; a torch AdamW, as ``rl.trainer``) until the first
 ``budget`` limit (steps, tokens, FLOPs, seconds). Before and after, :func:`measure` reports per
@@ -102,11 +103,12 @@ def measure(model: Any, data: torch.Tensor, batch_size: int) -> dict[str, Any]:
     for i in range(0, data.shape[0], batch_size):
         ids = data[i:i + batch_size].to(dev)
         out = model(ids, labels=ids, attention_mode="dense", use_cache=False, output_attention_maps=True)
+        maps = out.attention_maps  # every DSA policy (native MLA or converted GQA) returns them
         lm["dense"] += out.lm_loss.item() * ids.shape[0]
         lm["sparse"] += model(ids, labels=ids, attention_mode="sparse", use_cache=False).lm_loss.item() * ids.shape[0]
         if hits is None:
-            hits, mass, best = ([0.0] * len(out.attention_maps) for _ in range(3))
-        for layer, (target, scores, allowed) in enumerate(out.attention_maps):
+            hits, mass, best = ([0.0] * len(maps) for _ in range(3))
+        for layer, (target, scores, allowed) in enumerate(maps):
             n_allowed = allowed.sum(-1)  # (B, T)
             rows = n_allowed > k
             S = allowed.shape[-1]
@@ -157,7 +159,15 @@ def load_policy(cfg: TrainConfig) -> tuple[Any, Any]:
         raise ValueError("model.path is unset: give a Llama/Qwen2 checkpoint or a converted dsa_llama model")
     tok = load_tokenizer(cfg.model.tokenizer or path)
     dtype = getattr(torch, cfg.model.dtype)
-    if AutoConfig.from_pretrained(path).model_type == DSALlamaConfig.model_type:
+    from rl.policy.deepseek import cached_conversion, is_deepseek_dir
+
+    if is_deepseek_dir(path):  # DeepSeek-V3/V3.2: converted to the native DSA policy once (cached)
+        from rl.paths import default_cache_dir
+
+        native = cached_conversion(path, cfg.data.cache_dir or default_cache_dir(), seed=cfg.seed, dtype=dtype,
+                                   index_topk=cfg.model.index_topk)
+        model = AutoModelForCausalLM.from_pretrained(native, dtype=dtype)
+    elif AutoConfig.from_pretrained(path).model_type == DSALlamaConfig.model_type:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         if cfg.model.index_topk is not None:
             model.config.index_topk = cfg.model.index_topk
@@ -188,7 +198,7 @@ def train_stage(model: Any, data: torch.Tensor, cfg: TrainConfig, budget: Any,
     data: (N, T) packed token ids, cycled in a seeded shuffle. Returns the loss of every step."""
     import deepspeed
 
-    from rl.policy.flops import gqa_sequence_forward_macs as sequence_forward_macs
+    from rl.policy.factory import policy_sequence_macs as sequence_forward_macs  # native or dsa_llama
     from rl.policy.indexer_loss import indexer_parameters
     from rl.process_group import init_distributed
 

@@ -129,5 +129,8 @@ def _summary(run: Run, history: list[dict[str, Any]], reason: str, step: int) ->
     (run.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     (run.dir / "history.jsonl").write_text("\n".join(json.dumps(h, default=float) for h in history))
     plot_history(history, run.dir / "progress.png")
-    run.trainer.export_pretrained(run.dir / "final", tokenizer=run.tokenizer)
+    from rl.policy.export import write_final
+
+    write_final(lambda d: run.trainer.export_pretrained(d, tokenizer=run.tokenizer), run.dir / "final",
+                run.cfg.model.final_format)
     return summary

@@ -95,8 +95,18 @@ def _policy(cfg: TrainConfig, tok: Any, source: TaskSource, say: Callable[[str],
     from rl.policy import DSAConfig, DSAForCausalLM
 
     if cfg.model.path is not None:
+        from rl.policy.deepseek import CheckpointError, cached_conversion, is_deepseek_dir
+
+        path = cfg.model.path
+        if is_deepseek_dir(path):  # a DeepSeek-V3/V3.2 checkpoint: converted to DSA once (cached)
+            try:
+                path = cached_conversion(path, cfg.data.cache_dir or default_cache_dir(), seed=cfg.seed,
+                                         index_topk=cfg.model.index_topk)
+            except CheckpointError as err:
+                raise StartupError(f"model.path={cfg.model.path!r}: {err}") from err
+            say(f"model.path: DeepSeek checkpoint converted to DSA in {path}")
         try:
-            model = AutoModelForCausalLM.from_pretrained(cfg.model.path)  # native or converted DSA
+            model = AutoModelForCausalLM.from_pretrained(path)  # native or converted DSA
         except Exception as err:
             raise StartupError(f"model.path={cfg.model.path!r}: could not load a DSA policy ({err})") from err
     else:

@@ -5,11 +5,16 @@ its docstring directly under it. The constructor defaults ARE the `tiny` preset 
 default policy: ~1-3 M parameters, MoE layers, `index_topk` = 32 so that sparse attention is active
 on math sequences of 64-200 tokens); every other preset in `PRESETS` lists only what differs.
 
-Departures from DeepSeek-V3.2 (documented choices, see also mla.py / indexer.py / moe.py):
-- RoPE is plain (no YaRN scaling) and half-split (non-interleaved) everywhere, in MLA too.
-- The indexer applies RoPE to exactly the first half of its head dims (V3.2: 64 of 128).
-- MoE gating has no node/group-limited routing; top-k weights are always L1-normalised.
-- No multi-token-prediction module, no FP8, no Hadamard rotation (orthogonal: a no-op in fp32).
+Departures from DeepSeek-V3.2 (documented choices, see also mla.py / indexer.py / moe.py), where the
+defaults differ from V3.2's layout; a loaded V3/V3.2 checkpoint (`rl.policy.deepseek`) sets the
+V3.2 values, so it computes V3.2's logits:
+- RoPE is half-split (non-interleaved) everywhere, in MLA too. V3.2's MLA interleaves: the loader
+  permutes the RoPE rows of q_b / kv_a once (an exact re-layout), so no interleaved code path exists.
+- RoPE is plain unless `rope_yarn` is set (V3.2: YaRN, factor 40).
+- The indexer applies RoPE to the first `index_rope_dim` dims (default half of its head dims; V3.2:
+  qk_rope_head_dim = 64 of 128, with MLA's tables).
+- MoE gating is not group-limited by default (`n_group` = 1); V3.2: 8 groups, top 4.
+- No multi-token-prediction module, no FP8 compute, no Hadamard rotation (orthogonal: a no-op in fp32).
 """
 from __future__ import annotations
 
@@ -41,7 +46,9 @@ class DSASparseConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs: Any) -> None:
         if self.attention_mode not in ATTENTION_MODES:
             raise ValueError(f"attention_mode={self.attention_mode!r}: allowed {ATTENTION_MODES}")
-        if self.index_head_dim % 4 != 0:
+        # The indexer's RoPE covers index_rope_head_dim dims when a config has that field set (the
+        # native policy's V3.2 layout), else the first half of index_head_dim.
+        if getattr(self, "index_rope_head_dim", None) is None and self.index_head_dim % 4 != 0:
             raise ValueError(f"index_head_dim={self.index_head_dim}: must be a multiple of 4 (half-split RoPE "
                              "on the first half needs an even rope width)")
         if self.index_topk < 1 or self.attention_chunk_size < 1:
@@ -88,10 +95,25 @@ class DSAConfig(DSASparseConfig):
     """'sigmoid' (V3: sigmoid affinities, top-k on affinity + bias) or 'softmax' (V2)."""
     routed_scaling_factor: float = 1.0
     """Multiplier on the (L1-normalised) routed expert weights (V3: 2.5)."""
+    n_group: int = 1
+    """Expert groups of group-limited routing: tokens pick experts only from the `topk_group` groups with
+    the largest sum of their two best (biased) affinities (V3: 8). 1 = no group limit."""
+    topk_group: int = 1
+    """Groups each token may route to (V3: 4); at most n_group."""
+    norm_topk_prob: bool = True
+    """L1-normalise the chosen experts' weights before `routed_scaling_factor` (V3: true)."""
+    mlp_layer_types: list[str] | None = None
+    """Per layer 'dense' (SwiGLU) or 'sparse' (MoE); None = first_k_dense_replace dense, the rest MoE."""
     rms_norm_eps: float = 1e-6
     """Epsilon of every RMSNorm (and the indexer key LayerNorm)."""
     rope_theta: float = 10000.0
     """RoPE base."""
+    rope_yarn: dict[str, Any] | None = None
+    """YaRN context extension of every RoPE table (keys: factor, original_max_position_embeddings,
+    beta_fast, beta_slow, mscale, mscale_all_dim, optional attention_factor / truncate); None = plain RoPE."""
+    index_rope_head_dim: int | None = None
+    """RoPE dims of the indexer (its first this-many dims); None = index_head_dim / 2. V3.2 layout:
+    qk_rope_head_dim (then the indexer shares MLA's rotation tables)."""
     max_position_embeddings: int = 4096
     """Longest context the presets are meant for (informational: RoPE is computed on the fly)."""
     initializer_range: float = 0.02
@@ -112,6 +134,21 @@ class DSAConfig(DSASparseConfig):
         if self.n_routed_experts > 0 and not 1 <= self.num_experts_per_tok <= self.n_routed_experts:
             raise ValueError(f"num_experts_per_tok={self.num_experts_per_tok}: must be in "
                              f"[1, n_routed_experts={self.n_routed_experts}]")
+        if self.n_group < 1 or not 1 <= self.topk_group <= self.n_group:
+            raise ValueError(f"n_group={self.n_group}, topk_group={self.topk_group}: need 1 <= topk_group <= n_group")
+        if self.n_group > 1 and (self.n_routed_experts % self.n_group or self.n_routed_experts // self.n_group < 2):
+            raise ValueError(f"n_group={self.n_group}: must divide n_routed_experts={self.n_routed_experts} into "
+                             "groups of at least 2 experts")
+        if self.mlp_layer_types is not None and (len(self.mlp_layer_types) != self.num_hidden_layers or
+                                                 set(self.mlp_layer_types) - {"dense", "sparse"}):
+            raise ValueError(f"mlp_layer_types={self.mlp_layer_types}: need one 'dense'/'sparse' per layer "
+                             f"({self.num_hidden_layers})")
+        if self.index_rope_head_dim is not None and (self.index_rope_head_dim % 2 or
+                                                     not 0 < self.index_rope_head_dim <= self.index_head_dim):
+            raise ValueError(f"index_rope_head_dim={self.index_rope_head_dim}: must be even and in "
+                             f"(0, index_head_dim={self.index_head_dim}]")
+        if self.rope_yarn is not None and not {"factor", "original_max_position_embeddings"} <= set(self.rope_yarn):
+            raise ValueError(f"rope_yarn={self.rope_yarn}: needs 'factor' and 'original_max_position_embeddings'")
         if self.tie_word_embeddings:
             raise ValueError("tie_word_embeddings=True is not supported by DSAForCausalLM")
         super().__post_init__(**kwargs)
@@ -128,6 +165,11 @@ class DSAConfig(DSASparseConfig):
         return self.kv_lora_rank + self.qk_rope_head_dim
 
     @property
+    def index_rope_dim(self) -> int:
+        """RoPE dims of the indexer: `index_rope_head_dim`, or half of index_head_dim."""
+        return self.index_rope_head_dim or self.index_head_dim // 2
+
+    @property
     def use_moe(self) -> bool:
         return self.n_routed_experts > 0
 
@@ -136,6 +178,8 @@ class DSAConfig(DSASparseConfig):
         """Indices of the decoder layers with an MoE FFN (routes are reported in this order)."""
         if not self.use_moe:
             return []
+        if self.mlp_layer_types is not None:
+            return [i for i, t in enumerate(self.mlp_layer_types) if t == "sparse"]
         return list(range(self.first_k_dense_replace, self.num_hidden_layers))
 
     @classmethod

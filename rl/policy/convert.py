@@ -55,12 +55,14 @@ def convert_model(src: nn.Module, seed: int = 0, **indexer: Any) -> DSALlamaForC
     return model.to(next(src.parameters()).device).eval()
 
 
-def convert_pretrained(src: str, dst: str | Path | None = None, seed: int = 0, **indexer: Any) -> DSALlamaForCausalLM:
+def convert_pretrained(src: str, dst: str | Path | None = None, seed: int = 0, **indexer: Any) -> nn.Module:
     """Load `src` (local dir, hub id, or a ``gguf:PATH`` / ``gguf:smollm2`` source, see
     `rl.policy.gguf`) with AutoModelForCausalLM, convert, and (if `dst`) save the model and the
-    source's tokenizer files there."""
+    source's tokenizer files there. A `deepseek_v3` / `deepseek_v32` directory goes to
+    `rl.policy.deepseek` instead (streamed into the native `DSAForCausalLM`)."""
     from transformers import AutoTokenizer
 
+    from rl.policy.deepseek import is_deepseek_dir
     from rl.policy.gguf import export_gguf, is_gguf
 
     if is_gguf(src):
@@ -68,6 +70,10 @@ def convert_pretrained(src: str, dst: str | Path | None = None, seed: int = 0, *
 
         with tempfile.TemporaryDirectory(prefix="dsa-gguf-") as plain:
             return convert_pretrained(str(export_gguf(src, plain)), dst, seed, **indexer)
+    if is_deepseek_dir(src):
+        return convert_deepseek_pretrained(src, dst, seed=seed, **indexer)
+    indexer = {k: v for k, v in indexer.items() if v is not None}
+
     model = convert_model(AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32), seed=seed, **indexer)
     if dst is not None:
         model.save_pretrained(dst)
@@ -78,20 +84,60 @@ def convert_pretrained(src: str, dst: str | Path | None = None, seed: int = 0, *
     return model
 
 
+def convert_deepseek_pretrained(src: str | Path, dst: str | Path | None = None, seed: int = 0,
+                                dtype: torch.dtype = torch.float32, **indexer: Any) -> nn.Module:
+    """A DeepSeek-V3/V3.2 directory as a loaded `DSAForCausalLM` (written to `dst`, or to a temporary
+    directory when `dst` is None)."""
+    import tempfile
+
+    from rl.policy.deepseek import convert_deepseek
+    from rl.policy.modeling import DSAForCausalLM
+
+    if dst is not None:
+        convert_deepseek(src, dst, dtype=dtype, seed=seed, **indexer)
+        return DSAForCausalLM.from_pretrained(dst, dtype=dtype).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        convert_deepseek(src, tmp, dtype=dtype, seed=seed, **indexer)
+        return DSAForCausalLM.from_pretrained(tmp, dtype=dtype).eval()
+
+
 def main(argv: list[str] | None = None) -> None:
-    """CLI: python -m rl.policy.convert SRC DST [--index-topk K] [--index-n-heads H] [--index-head-dim D]."""
+    """CLI: python -m rl.policy.convert SRC DST [--index-topk K] [--index-n-heads H] [--index-head-dim D]
+    [--dtype float32|bfloat16]. SRC: a Llama/Qwen2 checkpoint or a ``gguf:PATH`` / ``gguf:smollm2``
+    source (indexer defaults 32 / 4 / 32), or a
+    deepseek_v32 / deepseek_v3 directory (V3.2 keeps its indexers; V3 defaults: top-2048, heads / 2,
+    2 * qk_rope_head_dim)."""
     import argparse
+    import sys
+
+    from rl.policy.deepseek import CheckpointError, convert_deepseek, is_deepseek_dir
+    from rl.policy.gguf import GGUFError
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("src")
     p.add_argument("dst")
-    p.add_argument("--index-topk", type=int, default=32)
-    p.add_argument("--index-n-heads", type=int, default=4)
-    p.add_argument("--index-head-dim", type=int, default=32)
+    p.add_argument("--index-topk", type=int, default=None)
+    p.add_argument("--index-n-heads", type=int, default=None)
+    p.add_argument("--index-head-dim", type=int, default=None)
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    convert_pretrained(a.src, a.dst, seed=a.seed, index_topk=a.index_topk, index_n_heads=a.index_n_heads,
-                       index_head_dim=a.index_head_dim)
+    indexer = {"index_topk": a.index_topk, "index_n_heads": a.index_n_heads, "index_head_dim": a.index_head_dim}
+    cfg_file = Path(a.src) / "config.json"
+    if cfg_file.is_file():
+        import json
+
+        mt = json.loads(cfg_file.read_text()).get("model_type")
+        supported = (*SOURCE_TYPES, "deepseek_v3", "deepseek_v32")
+        if mt not in supported:
+            sys.exit(f"error: {a.src}: model_type {mt!r} cannot be converted; supported: {', '.join(supported)}")
+    try:
+        if is_deepseek_dir(a.src):  # streamed: never the whole model in memory
+            convert_deepseek(a.src, a.dst, dtype=getattr(torch, a.dtype), seed=a.seed, **indexer)
+        else:
+            convert_pretrained(a.src, a.dst, seed=a.seed, **indexer)
+    except (CheckpointError, GGUFError) as err:
+        sys.exit(f"error: {err}")
     print(f"converted {a.src} -> {a.dst}")
 
 

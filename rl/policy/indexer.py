@@ -4,7 +4,8 @@
 
 - `q_I` (H_I heads x d_I) is projected from the MLA query latent c_q = RMSNorm(W_qa h);
   `k_I` (one head of d_I, shared by all indexer heads) = LayerNorm(W_k h); both get half-split RoPE
-  on their FIRST HALF of dims (layout [rope, nope]).
+  on their first `config.index_rope_dim` dims (layout [rope, nope]; default the first half, V3.2:
+  qk_rope_head_dim).
 - `w` = W_w h * H_I^-0.5 * d_I^-0.5 in fp32: the d_I^-0.5 of q.k is folded into w
   (ReLU(a x) = a ReLU(x) for a > 0), so `index_scores` itself has no scale.
 - Scores are computed in fp32 whatever the model dtype.
@@ -163,19 +164,22 @@ class LightningIndexer(nn.Module):
         self.k_norm = nn.LayerNorm(self.head_dim, eps=config.rms_norm_eps)
         self.weights_proj = nn.Linear(config.hidden_size, self.n_heads, bias=False)
         self.weight_scale = self.n_heads ** -0.5 * self.head_dim ** -0.5
+        # DSAConfig says how many dims rotate; configs without the field (dsa_llama) rotate the first half.
+        self.rope_dim = getattr(config, "index_rope_dim", self.head_dim // 2)
 
     def _rope_first_half(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = self.head_dim // 2
-        return torch.cat([apply_rope(x[..., :half], cos, sin), x[..., half:]], dim=-1)
+        """RoPE on the first `rope_dim` dims (cos/sin (..., rope_dim / 2)), the rest unchanged."""
+        r = self.rope_dim
+        return torch.cat([apply_rope(x[..., :r], cos, sin), x[..., r:]], dim=-1)
 
     def queries(self, q_latent: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """q_latent (B, T, q_lora) -> (B, T, H_I, d_I) fp32; cos/sin (B, T, d_I/4)."""
+        """q_latent (B, T, q_lora) -> (B, T, H_I, d_I) fp32; cos/sin (B, T, rope_dim / 2)."""
         B, T, _ = q_latent.shape
         q = self.wq(q_latent.detach()).view(B, T, self.n_heads, self.head_dim)  # (B, T, H_I, d_I)
         return self._rope_first_half(q, cos.unsqueeze(2), sin.unsqueeze(2)).float()
 
     def keys(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """h (B, T, d) -> LayerNorm'd, RoPE'd keys (B, T, d_I) in h's dtype; cos/sin (B, T, d_I/4)."""
+        """h (B, T, d) -> LayerNorm'd, RoPE'd keys (B, T, d_I) in h's dtype; cos/sin (B, T, rope_dim / 2)."""
         k = self.k_norm(self.wk(h.detach()))
         return self._rope_first_half(k, cos, sin)
 

@@ -44,7 +44,7 @@ from torch import nn
 
 from rl.policy.configuration import DSAConfig
 from rl.policy.indexer import LightningIndexer, indices_to_mask
-from rl.policy.layers import RMSNorm, apply_rope
+from rl.policy.layers import RMSNorm, apply_rope, yarn_softmax_scale
 from rl.policy.sparse import AttentionContext, CoreOut, SparseAttention
 
 PATHS = ("gather", "absorbed", "expanded")
@@ -138,7 +138,7 @@ class MLAttention(SparseAttention):
         self.kv_lora = config.kv_lora_rank
         self.topk = config.index_topk
         self.chunk = config.attention_chunk_size
-        self.scale = (self.dn + self.dr) ** -0.5
+        self.scale = yarn_softmax_scale(config.rope_yarn, (self.dn + self.dr) ** -0.5)
         self.q_a = nn.Linear(config.hidden_size, config.q_lora_rank, bias=False)
         self.q_norm = RMSNorm(config.q_lora_rank, config.rms_norm_eps)
         self.q_b = nn.Linear(config.q_lora_rank, self.n_heads * (self.dn + self.dr), bias=False)

@@ -15,7 +15,7 @@ from transformers import initialization as init
 
 from rl.policy.configuration import DSAConfig
 from rl.policy.decoder import DecoderLayer, DSACausalLM, DSACausalLMOutput, DSAPreTrainedBase
-from rl.policy.layers import RMSNorm, rope_cos_sin
+from rl.policy.layers import RMSNorm, model_rope_tables
 from rl.policy.mla import MLAttention
 from rl.policy.moe import MoE, SwiGLU
 
@@ -75,10 +75,9 @@ class DSAForCausalLM(DSACausalLM, DSAPreTrainedModel, GenerationMixin):
         self.post_init()
 
     def rope_tables(self, h: torch.Tensor, position_ids: torch.Tensor):
-        """Half-split RoPE tables: MLA (B, T, qk_rope_head_dim / 2) and indexer (B, T, index_head_dim / 4)."""
-        cfg = self.config
-        return (rope_cos_sin(position_ids, cfg.qk_rope_head_dim, cfg.rope_theta),
-                rope_cos_sin(position_ids, cfg.index_head_dim // 2, cfg.rope_theta))
+        """Half-split RoPE tables (YaRN-corrected when the config has it): MLA (B, T, qk_rope_head_dim / 2)
+        and indexer (B, T, index_rope_dim / 2); see `rl.policy.layers.model_rope_tables`."""
+        return model_rope_tables(self.config, position_ids)
 
 
 AutoConfig.register("dsa", DSAConfig)

@@ -6,10 +6,14 @@ Gating (per token, E routed experts, k = num_experts_per_tok):
   unless a trainer updates it); weights = a[experts] / sum(a[experts]) * routed_scaling_factor.
 - 'softmax' (DeepSeek-V2): a = softmax(W_g h); experts = top-k of a; weights normalised as above
   (V2 leaves them unnormalised: our departure, so both gates give weights summing to the scale).
-No node/group-limited routing, no auxiliary balance loss, no capacity limit (nothing is dropped).
+Group-limited routing (V3: `n_group` = 8, `topk_group` = 4; default 1 = off): experts form n_group
+equal groups, each group scores the sum of its two best (a + b), and only the topk_group best groups
+may be chosen (`limit_to_groups`). `norm_topk_prob=False` skips the L1 normalisation (V3 normalises).
+No auxiliary balance loss, no capacity limit (nothing is dropped).
 
 Keep Routing: `forward(h, routes)` with given routes (B, T, k) uses those experts, with the gate's
-current affinities as weights (so the gate still receives gradients).
+current affinities as weights (so the gate still receives gradients); the group limit only shapes
+a fresh choice, so replayed routes are used as they are.
 """
 from __future__ import annotations
 
@@ -33,6 +37,17 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
+def limit_to_groups(choice: torch.Tensor, n_group: int, topk_group: int) -> torch.Tensor:
+    """Group-limited routing scores: choice (..., E) -> (..., E) with -inf outside the topk_group groups
+    (of n_group contiguous groups of E / n_group experts) whose two best scores sum highest."""
+    *lead, E = choice.shape
+    grouped = choice.view(*lead, n_group, E // n_group)  # (..., G, E/G)
+    group_score = grouped.topk(2, dim=-1).values.sum(-1)  # (..., G)
+    keep = group_score.topk(topk_group, dim=-1).indices  # (..., topk_group)
+    group_mask = torch.zeros_like(group_score, dtype=torch.bool).scatter_(-1, keep, True)  # (..., G)
+    return grouped.masked_fill(~group_mask.unsqueeze(-1), float("-inf")).view(*lead, E)
+
+
 class MoE(nn.Module):
     """Shared experts (always on) + top-k routed experts."""
 
@@ -42,6 +57,8 @@ class MoE(nn.Module):
         self.top_k = config.num_experts_per_tok
         self.gate_kind = config.moe_gate
         self.scaling = config.routed_scaling_factor
+        self.n_group, self.topk_group = config.n_group, config.topk_group
+        self.norm_topk_prob = config.norm_topk_prob
         self.gate = nn.Linear(config.hidden_size, self.n_experts, bias=False)
         self.register_buffer("e_score_correction_bias", torch.zeros(self.n_experts), persistent=True)
         self.experts = nn.ModuleList(
@@ -62,9 +79,13 @@ class MoE(nn.Module):
             affinity = torch.softmax(logits, dim=-1)
             choice = affinity
         if routes is None:
+            if self.n_group > 1:
+                choice = limit_to_groups(choice, self.n_group, self.topk_group)
             routes = choice.topk(self.top_k, dim=-1).indices
         weights = affinity.gather(-1, routes)
-        weights = weights / weights.sum(-1, keepdim=True) * self.scaling
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(-1, keepdim=True)
+        weights = weights * self.scaling
         return routes, weights
 
     def forward(self, h: torch.Tensor, routes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

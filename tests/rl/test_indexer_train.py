@@ -173,3 +173,30 @@ def test_command_line_two_stages(llama_dir, tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "s" / "model")
     assert type(model).__name__ == "DSALlamaForCausalLM" and model.config.attention_mode == "sparse"
+
+
+def test_warmup_on_a_deepseek_v3_checkpoint(tmp_path):
+    """`model.path=` a DeepSeek-V3 checkpoint: converted once (cached) into the native MLA policy with fresh
+    indexers; the dense warm-up trains only them (dense LM loss unchanged) and the report has every layer."""
+    from transformers import AutoModelForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM
+
+    from rl.policy.tokenizer import load_tokenizer
+
+    tok = load_tokenizer()
+    torch.manual_seed(0)
+    DeepseekV3ForCausalLM(DeepseekV3Config(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, n_routed_experts=4, n_group=2, topk_group=1,
+        num_experts_per_tok=2, first_k_dense_replace=1, kv_lora_rank=32, q_lora_rank=48, qk_rope_head_dim=8,
+        v_head_dim=16, qk_nope_head_dim=16, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )).save_pretrained(tmp_path / "v3")
+    tok.save_pretrained(tmp_path / "v3")
+    c = _stage_config(tmp_path / "v3", "warmup", 5)
+    c.data.cache_dir = str(tmp_path / "cache")
+    rep = run(c, str(tmp_path / "warm"), log=lambda s: None)
+    assert len(rep["before"]["recall"]) == len(rep["after"]["recall"]) == 2
+    assert rep["after"]["lm_dense"] == pytest.approx(rep["before"]["lm_dense"], abs=1e-6)
+    assert rep["first_loss"] != rep["last_loss"]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "warm" / "model")
+    assert type(model).__name__ == "DSAForCausalLM" and model.config.index_topk == 8
+    assert len(list((tmp_path / "cache" / "converted").iterdir())) == 1

@@ -124,3 +124,43 @@ def test_grpo_on_a_converted_llama(tmp_path: Path) -> None:
     assert summary["steps"] == 2 and summary["budget"]["budget/train_flops"] > 0
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert all(h["train/logp_mismatch_max"] < 1e-4 for h in history if "train/logp_mismatch_max" in h)
+
+
+@pytest.mark.slow
+def test_grpo_on_a_deepseek_v32_checkpoint(tmp_path: Path) -> None:
+    """`model.path=` a transformers DeepSeek-V3.2 checkpoint (grouped routing, YaRN): converted on the
+    fly, GRPO with Keep Routing trains it, and `final/` comes out as deepseek_v32 (issue 16)."""
+    import torch
+    from transformers import AutoModelForCausalLM, DeepseekV32Config, DeepseekV32ForCausalLM
+
+    from rl.policy.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(cache_dir=tmp_path / "cache")
+    src = tmp_path / "v32"
+    cfg = DeepseekV32Config(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1, n_routed_experts=8, kv_lora_rank=32,
+        q_lora_rank=48, qk_rope_head_dim=8, v_head_dim=16, qk_nope_head_dim=16, n_group=4, topk_group=2,
+        num_experts_per_tok=2, first_k_dense_replace=1, index_topk=16, index_n_heads=8, index_head_dim=16,
+        max_position_embeddings=512, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id, rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                                        "original_max_position_embeddings": 128, "mscale": 1.0,
+                                                        "mscale_all_dim": 1.0})
+    torch.manual_seed(0)
+    model = DeepseekV32ForCausalLM(cfg)
+    with torch.no_grad():
+        model.model.layers[1].mlp.gate.e_score_correction_bias.uniform_(-0.2, 0.2)
+    model.save_pretrained(src, max_shard_size="200KB")
+    tok.save_pretrained(src)
+    env = {**os.environ, "DSA_RL_CACHE": str(tmp_path / "cache")}
+    run = tmp_path / "run"
+    p = _train([*TINY, "budget=smoke", f"model.path={src}", "algorithm.keep_routing=true",
+                "model.final_format=deepseek_v32", f"hydra.run.dir={run}"], env)
+    out, _ = p.communicate(timeout=900)
+    assert p.returncode == 0, out[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["budget"]["budget/train_flops"] > 0
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert all(h["train/logp_mismatch_max"] < 1e-4 for h in history if "train/logp_mismatch_max" in h)
+    final = AutoModelForCausalLM.from_pretrained(run / "final")
+    assert type(final).__name__ == "DeepseekV32ForCausalLM"

@@ -15,7 +15,8 @@ multi-turn tool-use episode in a synthesized environment, scored by its verifier
 (advantages, updates, weight sync, budget, evaluation) is the same for both.
 
 Departures from V3.2: there is no separate reference-model service (the trainer keeps a frozen
-copy when ``kl_coef > 0``); weights move through the Ray object store on CPU.
+copy when ``kl_coef > 0``); weights reach the workers through the Ray object store, or a
+``torch.distributed`` broadcast from the driver (``rollout.weight_sync=broadcast``).
 """
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ def run(cfg: TrainConfig, run_dir: str) -> dict[str, Any]:
                 metrics = run.trainer.train_step(trajs, adv)
                 t3 = time.perf_counter()
                 step += 1
-                run.pool.push_weights(run.trainer.export_state_dict(), version=step)
+                run.pool.sync_weights(run.trainer.export_state_dict(), version=step)  # rollout.weight_sync
                 run.account(trajs)
                 m = {"step": step, **_step_metrics(trajs, result, metrics), **run.source.metrics(trajs),
                      **run.budget.metrics(),

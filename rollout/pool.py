@@ -19,11 +19,13 @@ the handle, starts a fresh actor, loads the latest weights into it (object-store
 re-queues every chunk that was in flight on the dead worker. Results are keyed by chunk, so no
 item is lost or duplicated. A worker is re-created at most `max_restarts` times.
 
-Weights: `push_weights` puts the state dict into the object store once (`ray.put`) and passes the
-ref to every worker; `broadcast_weights` sends them through a `torch.distributed` broadcast group
-(NCCL on GPU; gloo works on CPU) whose rank 0 is this process, and by default also keeps an
-object-store copy for re-created workers. A weight push happens between `generate` calls, so no
-sample mixes versions.
+Weights: `sync_weights` sends a new version by the pool's `weight_sync` method
+(`rollout.weight_sync`): `push_weights` puts the state dict into the object store once (`ray.put`)
+and passes the ref to every worker; `broadcast_weights` sends them through a `torch.distributed`
+broadcast group whose rank 0 is this process (NCCL when this process and the workers have GPUs,
+gloo otherwise; the group is built at the first broadcast and again after a worker is re-created),
+and also keeps an object-store copy for re-created workers. A weight sync happens between
+`generate` calls, so no sample mixes versions.
 
 `ray.init()` starts a local cluster (`ray_num_cpus` CPUs) when Ray is not initialised yet.
 """
@@ -34,6 +36,7 @@ from collections import deque
 from collections.abc import Sequence
 
 import ray
+import torch
 
 from rollout.engine import EngineConfig
 from rollout.sampling import SamplingParams
@@ -48,9 +51,13 @@ class RolloutPool:
                  num_workers: int = 1, state_dict: dict | None = None, num_cpus_per_worker: float = 1,
                  num_gpus_per_worker: float = 0, chunk_size: int | None = None, max_in_flight: int = 2,
                  max_restarts: int = 3, seed: int = 0, version: int = 0, ray_num_cpus: int | None = None,
-                 actor_options: dict | None = None) -> None:
+                 actor_options: dict | None = None, weight_sync: str = "object_store") -> None:
         """actor_options: merged into every worker's `.options(...)` (e.g. a placement-group
-        `scheduling_strategy` from `rl.placement`)."""
+        `scheduling_strategy` from `rl.placement`). weight_sync: "object_store" or "broadcast", the
+        method of `sync_weights`."""
+        if weight_sync not in WEIGHT_SYNC:
+            raise ValueError(f"weight_sync={weight_sync!r}: allowed {', '.join(WEIGHT_SYNC)}")
+        self.weight_sync = weight_sync
         if not ray.is_initialized():
             ray.init(num_cpus=ray_num_cpus, include_dashboard=False)
         self._actor_cls = ray.remote(RolloutWorker)
@@ -92,6 +99,13 @@ class RolloutPool:
         self._group = None  # a broadcast group must be rebuilt with the new process
 
     # ---- weights --------------------------------------------------------------------------------
+    def sync_weights(self, state_dict: dict, version: int) -> None:
+        """Send weight version `version` to every worker by this pool's `weight_sync` method."""
+        if self.weight_sync == "broadcast":
+            self.broadcast_weights(state_dict, version)
+        else:
+            self.push_weights(state_dict, version)
+
     def push_weights(self, state_dict: dict, version: int) -> None:
         """Send a full state dict to every worker through the object store (one `ray.put`).
 
@@ -116,17 +130,24 @@ class RolloutPool:
                           keep_cpu_copy: bool = True) -> None:
         """Send `state_dict` (this process is rank 0; tensors on its device) by a collective broadcast.
 
-        backend: "nccl" (default when the tensors are on CUDA) or "gloo". The tensors must be in the
-        workers' `state_dict()` order with the same shapes and dtypes. keep_cpu_copy: also `ray.put`
-        a CPU copy, which a re-created worker loads.
+        backend: "nccl" or "gloo"; None = "nccl" when this process has CUDA and the workers have
+        GPUs (CPU tensors are then copied to this process's GPU), else "gloo". The names, shapes
+        and dtypes must match the workers' `state_dict()` (checked once, when the group is built);
+        they receive in this dict's order. keep_cpu_copy: also `ray.put` a CPU copy, which a
+        re-created worker loads.
         """
         self._settle_loads()
+        if backend is None:
+            backend = "nccl" if torch.cuda.is_available() and self._opts.get("num_gpus", 0) > 0 else "gloo"
         tensors = list(state_dict.values())
-        backend = backend or ("nccl" if tensors[0].is_cuda else "gloo")
+        if backend == "nccl":
+            tensors = [t.to("cuda", non_blocking=True) for t in tensors]
         if self._group is None or self._group[0] != backend:
             port = _free_port()
             addr = ray.util.get_node_ip_address()
             n = len(self.workers) + 1
+            spec = [(k, tuple(v.shape), str(v.dtype)) for k, v in state_dict.items()]
+            ray.get([w.check_weights.remote(spec) for w in self.workers])  # before anyone blocks in a join
             refs = [w.join_weight_group.remote(backend, addr, port, r + 1, n) for r, w in enumerate(self.workers)]
             self._group = (backend, weight_group(backend, addr, port, 0, n))
             ray.get(refs)
@@ -141,6 +162,11 @@ class RolloutPool:
         """The weight version each worker holds now."""
         self._settle_loads()
         return ray.get([w.version.remote() for w in self.workers])
+
+    def node_ids(self) -> list[str]:
+        """The Ray node id each worker runs on now (read from the worker's own runtime context)."""
+        self._settle_loads()
+        return ray.get([w.node_id.remote() for w in self.workers])
 
     # ---- generation -----------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, group_size: int = 1, *,
@@ -210,6 +236,10 @@ class RolloutPool:
         for w in self.workers:
             ray.kill(w, no_restart=True)
         self.workers = []
+
+
+WEIGHT_SYNC = ("object_store", "broadcast")
+"""The `weight_sync` methods (`rollout.weight_sync`)."""
 
 
 def _cpu_state(state_dict: dict) -> dict:

@@ -17,7 +17,11 @@ one without.
 Recovery: when a worker's process dies (`RayActorError` from any of its chunks), the pool kills
 the handle, starts a fresh actor, loads the latest weights into it (object-store copy) and
 re-queues every chunk that was in flight on the dead worker. Results are keyed by chunk, so no
-item is lost or duplicated. A worker is re-created at most `max_restarts` times.
+item is lost or duplicated. A worker is re-created at most `max_restarts` times. When the worker's
+Ray node itself is gone (its raylet died: Ray first reports the actor unavailable, and marks the
+node dead after its health checks fail, ~15 s), the pool does not re-create it (its placement
+bundle went with the node, so a replacement would wait forever): it raises `NodeLostError`, whose
+one-line message names the node.
 
 Weights: `sync_weights` sends a new version by the pool's `weight_sync` method
 (`rollout.weight_sync`): `push_weights` puts the state dict into the object store once (`ray.put`)
@@ -81,13 +85,25 @@ class RolloutPool:
         self.workers = [self._spawn() for _ in range(num_workers)]
         # Start-up includes the workers' own (model build, weights, a compile with rollout.compile):
         # a worker that cannot start fails here, and the first rollout is not slowed by it.
-        ray.get([w.version.remote() for w in self.workers])
+        self._nodes: list[str | None] = ray.get([w.node_id.remote() for w in self.workers])
+        """The Ray node id of each worker slot (None: a re-created worker's, not asked yet)."""
 
     def _spawn(self):
         w = self._actor_cls.options(**self._opts).remote(*self._worker_args, num_threads=self._threads)
         if self._weights_ref is not None:
             w.load_weights.remote(self._weights_ref, self.version)  # ordered before any later call
         return w
+
+    def _recover(self, i: int, err: Exception) -> None:
+        """Worker `i` failed with a `RayActorError`: raise `NodeLostError` if its node is gone, else
+        re-create it."""
+        node = self._nodes[i]
+        if node is not None:
+            wait = NODE_DEAD_WAIT_S if isinstance(err, ray.exceptions.ActorUnavailableError) else 0.0
+            dead = lost_node(node, wait)
+            if dead is not None:
+                raise NodeLostError(f"Ray node {dead} was lost: rollout worker {i} ran there ({_first_line(err)})")
+        self._replace(i)
 
     def _replace(self, i: int) -> None:
         if self.restarts[i] >= self.max_restarts:
@@ -96,6 +112,7 @@ class RolloutPool:
         self.restarts[i] += 1
         ray.kill(self.workers[i], no_restart=True)
         self.workers[i] = self._spawn()
+        self._nodes[i] = None
         self._group = None  # a broadcast group must be rebuilt with the new process
 
     # ---- weights --------------------------------------------------------------------------------
@@ -123,8 +140,8 @@ class RolloutPool:
         for i, ref in loads.items():
             try:
                 ray.get(ref)
-            except ray.exceptions.RayActorError:
-                self._replace(i)
+            except ray.exceptions.RayActorError as err:
+                self._recover(i, err)
 
     def broadcast_weights(self, state_dict: dict, version: int, *, backend: str | None = None,
                           keep_cpu_copy: bool = True) -> None:
@@ -152,8 +169,17 @@ class RolloutPool:
             self._group = (backend, weight_group(backend, addr, port, 0, n))
             ray.get(refs)
         refs = [w.receive_broadcast.remote(version) for w in self.workers]
-        broadcast_state(self._group[1], tensors)
-        ray.get(refs)
+        try:
+            broadcast_state(self._group[1], tensors)
+            ray.get(refs)
+        except Exception as err:  # a peer gone mid-broadcast: gloo/NCCL raise, or an actor error
+            self._group = None
+            for i, node in enumerate(self._nodes):
+                dead = lost_node(node, NODE_DEAD_WAIT_S if i == 0 else 0.0) if node is not None else None
+                if dead is not None:
+                    raise NodeLostError(f"Ray node {dead} was lost: rollout worker {i} ran there "
+                                        f"({_first_line(err)})") from err
+            raise
         self.version = version
         if keep_cpu_copy:
             self._weights_ref = ray.put(_cpu_state(state_dict))
@@ -166,7 +192,8 @@ class RolloutPool:
     def node_ids(self) -> list[str]:
         """The Ray node id each worker runs on now (read from the worker's own runtime context)."""
         self._settle_loads()
-        return ray.get([w.node_id.remote() for w in self.workers])
+        self._nodes = ray.get([w.node_id.remote() for w in self.workers])
+        return list(self._nodes)
 
     # ---- generation -----------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, group_size: int = 1, *,
@@ -222,13 +249,13 @@ class RolloutPool:
             load[i] -= 1
             try:
                 results[c] = ray.get(ready[0])
-            except ray.exceptions.RayActorError:
+            except ray.exceptions.RayActorError as err:
                 lost = [c] + [cc for ref, (ii, cc) in list(in_flight.items()) if ii == i]
                 for ref in [r for r, (ii, _) in in_flight.items() if ii == i]:
                     del in_flight[ref]
                 load[i] = 0
                 pending.extendleft(sorted(lost, reverse=True))
-                self._replace(i)
+                self._recover(i, err)
         return [t for chunk in results for t in chunk]  # type: ignore[union-attr]
 
     def shutdown(self) -> None:
@@ -236,6 +263,35 @@ class RolloutPool:
         for w in self.workers:
             ray.kill(w, no_restart=True)
         self.workers = []
+
+
+class NodeLostError(RuntimeError):
+    """A Ray node that held part of the run (a rollout worker, a trainer rank) is gone; the
+    message is one line naming the node."""
+
+
+NODE_DEAD_WAIT_S = 45.0
+"""How long a `RayActorError` that may be a lost node (Ray's `ActorUnavailableError`) waits for
+Ray to mark the node dead (its health checks: 5 misses x 3 s by default) before it is taken for a
+crashed process."""
+
+
+def lost_node(node_id: str, wait_s: float = 0.0, poll_s: float = 0.5) -> str | None:
+    """``"ID (ADDRESS)"`` if Ray reports node `node_id` dead within `wait_s` seconds, else None."""
+    import time
+
+    end = time.monotonic() + wait_s
+    while True:
+        for n in ray.nodes():
+            if n["NodeID"] == node_id and not n["Alive"]:
+                return f"{node_id} ({n.get('NodeManagerAddress', '?')})"
+        if time.monotonic() >= end:
+            return None
+        time.sleep(poll_s)
+
+
+def _first_line(err: Exception) -> str:
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:160]}"
 
 
 WEIGHT_SYNC = ("object_store", "broadcast")

@@ -1,8 +1,10 @@
 """A real three-node Ray cluster on this machine for the multi-node tests.
 
-``ray start`` three times, every address on 127.0.0.1, each node with its own ports and temp
-dir: a head without work (``--num-cpus=0``; GCS, dashboard / Jobs API) and two worker nodes with
-their own CPUs (separate raylets and object stores). Teardown stops only the processes this
+``ray start`` three times with ``--node-ip-address=127.0.0.1``, each node with its own ports: a
+head without work (``--num-cpus=0``; GCS, dashboard / Jobs API on 127.0.0.1) and two worker nodes
+with their own CPUs (separate raylets and object stores). Ray 2.60 replaces a loopback node
+address with the host's own address (``services.resolve_ip_for_localhost``), so the nodes register
+as this machine's interface address: every process still runs here. Teardown stops only the processes this
 fixture started (their sessions, by PID); never ``ray stop``, which stops every Ray process on
 the machine.
 """
@@ -41,6 +43,14 @@ class Node:
         if len(pids) != 1:
             raise RuntimeError(f"expected one raylet under PID {self.proc.pid}, found {pids}")
         return pids[0]
+
+
+    def node_id(self) -> str:
+        """This node's Ray node id (from its raylet's command line)."""
+        import psutil
+
+        args = psutil.Process(self.raylet_pid()).cmdline()
+        return next(a.split("=", 1)[1] for a in args if a.startswith("--node_id="))
 
 
 @dataclass

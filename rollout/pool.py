@@ -36,6 +36,7 @@ and also keeps an object-store copy for re-created workers. A weight sync happen
 from __future__ import annotations
 
 import socket
+import time
 from collections import deque
 from collections.abc import Sequence
 
@@ -174,12 +175,16 @@ class RolloutPool:
             ray.get(refs)
         except Exception as err:  # a peer gone mid-broadcast: gloo/NCCL raise, or an actor error
             self._group = None
-            for i, node in enumerate(self._nodes):
-                dead = lost_node(node, NODE_DEAD_WAIT_S if i == 0 else 0.0) if node is not None else None
-                if dead is not None:
-                    raise NodeLostError(f"Ray node {dead} was lost: rollout worker {i} ran there "
-                                        f"({_first_line(err)})") from err
-            raise
+            end = time.monotonic() + NODE_DEAD_WAIT_S  # is a worker's node being marked dead?
+            while True:
+                for i, node in enumerate(self._nodes):
+                    dead = lost_node(node) if node is not None else None
+                    if dead is not None:
+                        raise NodeLostError(f"Ray node {dead} was lost: rollout worker {i} ran there "
+                                            f"({_first_line(err)})") from err
+                if time.monotonic() >= end:
+                    raise
+                time.sleep(0.5)
         self.version = version
         if keep_cpu_copy:
             self._weights_ref = ray.put(_cpu_state(state_dict))
@@ -278,8 +283,6 @@ crashed process."""
 
 def lost_node(node_id: str, wait_s: float = 0.0, poll_s: float = 0.5) -> str | None:
     """``"ID (ADDRESS)"`` if Ray reports node `node_id` dead within `wait_s` seconds, else None."""
-    import time
-
     end = time.monotonic() + wait_s
     while True:
         for n in ray.nodes():

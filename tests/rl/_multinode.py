@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -111,7 +110,7 @@ def ray_cluster(worker_cpus: tuple[int, ...] = (2, 2), object_store_mb: int = 30
             nodes.append(node)
             cluster.workers.append(node)
 
-            def joined(want: int = i + 2) -> bool:
+            def joined(want: int = i + 2, node: Node = node) -> bool:
                 if node.proc.poll() is not None:
                     raise RuntimeError(f"a worker node's ray start exited\n{node.log.read_text()[-3000:]}")
                 try:

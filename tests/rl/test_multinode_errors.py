@@ -9,9 +9,9 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from rl.distributed import TrainerGroup  # noqa: E402
-from rl.manifest import build_manifest, read_manifest, record_placement, write_manifest  # noqa: E402
-from rollout.pool import NodeLostError, RolloutPool  # noqa: E402
+from rl.distributed import TrainerGroup
+from rl.manifest import build_manifest, read_manifest, record_placement, write_manifest
+from rollout.pool import NodeLostError, RolloutPool
 
 ALIVE = [{"NodeID": "aaa", "Alive": True, "NodeManagerAddress": "10.0.0.1"},
          {"NodeID": "bbb", "Alive": True, "NodeManagerAddress": "10.0.0.2"}]

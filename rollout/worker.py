@@ -100,7 +100,7 @@ class RolloutWorker:
 
     def receive_broadcast(self, version: int) -> int:
         """Receive every state-dict tensor from rank 0 of the weight group, in place (in the order
-        given at `join_weight_group`), as weight version `version`."""
+        given at `check_weights`; else state-dict order), as weight version `version`."""
         if self._pg is None:
             raise RuntimeError("receive_broadcast before join_weight_group")
         own = self.model.state_dict()

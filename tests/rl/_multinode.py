@@ -105,7 +105,9 @@ def ray_cluster(worker_cpus: tuple[int, ...] = (2, 2), object_store_mb: int = 30
         _wait("Ray head dashboard", dashboard_up, timeout_s, head.log)
         for i, cpus in enumerate(worker_cpus):  # one at a time: two joining at once timed out on 2 busy cores
             log = tmp / f"worker{i}.log"
-            node = Node(_start([f"--address={cluster.gcs}", f"--num-cpus={cpus}", store,
+            # Its own temp dir: nodes sharing the head's would share one runtime_resources/ tree, and a
+            # worker node's runtime-env agent then replaced the job driver's working dir under it.
+            node = Node(_start([f"--address={cluster.gcs}", f"--num-cpus={cpus}", store, f"--temp-dir={tmp}/w{i}",
                                 f"--dashboard-agent-listen-port={free_port()}"], log, env), log, cpus)
             nodes.append(node)
             cluster.workers.append(node)

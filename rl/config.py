@@ -139,6 +139,11 @@ class RolloutConfig:
     """torch.compile each worker's decode step (rollout.decode): about 2x the decode speed of the
     eager engine on CPU, after a compile of about a minute per worker (less with inductor's disk
     cache). Pays off for runs of more than a few minutes of rollouts; off by default."""
+    weight_sync: str = _f("object_store", choices=("object_store", "broadcast"))
+    """How new weights reach the rollout workers after each update: ``object_store`` (one
+    ``ray.put``, each worker loads the copy) or ``broadcast`` (a ``torch.distributed`` broadcast from
+    the driver, rank 0, to every worker: NCCL when the driver and the workers have GPUs, else gloo;
+    an object-store copy is kept for re-created workers)."""
 
 
 @dataclass

@@ -9,6 +9,12 @@ MASTER_ADDR / MASTER_PORT and build its Trainer at the same time (``deepspeed.in
 is a collective). Every call (``train_step``, ``save``, ``load``, ``export_*``) is sent to all
 actors, since each one is a collective; the batch is put into the object store once and every
 actor reads it, each training on its own shard (see ``Trainer.train_step``).
+
+A lost node: the group waits on its actors' results one at a time and stops at the first failure
+(a rank blocked in a collective with a dead peer would otherwise hold the driver). When the failed
+rank's Ray node is gone, it raises :class:`rollout.pool.NodeLostError` naming the node: a DeepSpeed
+group has a fixed world size, so the run stops and ``resume=`` continues it from the last complete
+checkpoint (there is no elastic re-sizing of the data-parallel group).
 """
 from __future__ import annotations
 
@@ -25,6 +31,10 @@ from rl.process_group import (  # noqa: F401  (RANK_VARS, init_distributed: re-e
     init_distributed,
     set_rank_env,
 )
+
+PEER_WAIT_S = 20.0
+"""After one rank's task error, how long the others get to fail too (a lost node's rank reports an
+actor error a few seconds after its peers' collectives fail)."""
 
 
 class TrainerWorker:
@@ -44,6 +54,12 @@ class TrainerWorker:
         import ray
 
         return ray.util.get_node_ip_address()
+
+    def node_id(self) -> str:
+        """The Ray node this rank runs on (hex id, read in the actor itself)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def setup(self, rank: int, world_size: int, local_rank: int, master_addr: str, master_port: int,
               trainer_kwargs: dict[str, Any]) -> None:
@@ -87,22 +103,66 @@ class TrainerGroup:
         self.actors = [actor_cls.options(**(actor_options or {})).remote() for _ in range(num_processes)]
         addr, port = ray.get(self.actors[0].node_address.remote())
         ips = ray.get([a.node_ip.remote() for a in self.actors])
+        self.nodes: list[str] = ray.get([a.node_id.remote() for a in self.actors])
+        """The Ray node id of each rank."""
         # Local rank = index among the actors on the same node (each GPU actor sees only its own
         # device through CUDA_VISIBLE_DEVICES; the trainer maps local rank onto visible devices).
         local = [ips[:r].count(ip) for r, ip in enumerate(ips)]
-        ray.get([a.setup.remote(r, num_processes, local[r], addr, port, trainer_kwargs)
-                 for r, a in enumerate(self.actors)])
+        self._get_all([a.setup.remote(r, num_processes, local[r], addr, port, trainer_kwargs)
+                       for r, a in enumerate(self.actors)])
 
-    def _all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+    def node_ids(self) -> list[str]:
+        """The Ray node id of each rank (read by each actor at start-up)."""
+        return list(self.nodes)
+
+    def _get_all(self, refs: list[Any]) -> list[Any]:
+        """``ray.get(refs)`` (one per rank, in rank order), stopping at the first failure; a failure
+        caused by a rank's lost node raises ``NodeLostError`` (module docstring)."""
         import ray
 
-        return ray.get([a.call.remote(method, *args, **kwargs) for a in self.actors])
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            try:
+                ray.get(ready[0])
+            except ray.exceptions.RayError as err:
+                self._raise_if_node_lost(refs, refs.index(ready[0]), err)
+                raise
+        return ray.get(refs)
+
+    def _raise_if_node_lost(self, refs: list[Any], failed: int, err: Exception) -> None:
+        """Raise ``NodeLostError`` when rank ``failed``'s error, or a peer's actor error, comes from a
+        node Ray reports dead. A rank whose collective lost its peer fails with a task error first:
+        the peers then get ``PEER_WAIT_S`` to report their own failure."""
+        import ray
+
+        from rollout.pool import NODE_DEAD_WAIT_S, NodeLostError, _first_line, lost_node
+
+        actor_errors = {failed: err} if isinstance(err, ray.exceptions.RayActorError) else {}
+        if not actor_errors:
+            others = [ref for r, ref in enumerate(refs) if r != failed]
+            done, _ = ray.wait(others, num_returns=len(others), timeout=PEER_WAIT_S) if others else ([], [])
+            for ref in done:
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayActorError as e:
+                    actor_errors[refs.index(ref)] = e
+                except ray.exceptions.RayError:
+                    pass
+        for r, e in sorted(actor_errors.items()):
+            wait = NODE_DEAD_WAIT_S if isinstance(e, ray.exceptions.ActorUnavailableError) else 0.0
+            dead = lost_node(self.nodes[r], wait)
+            if dead is not None:
+                raise NodeLostError(f"Ray node {dead} was lost: trainer rank {r} ran there ({_first_line(e)})") from err
+
+    def _all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        return self._get_all([a.call.remote(method, *args, **kwargs) for a in self.actors])
 
     def train_step(self, trajectories: Sequence[Any], advantages: Any) -> dict[str, float]:
         import ray
 
         ref = ray.put((list(trajectories), advantages))  # one copy in the object store for all
-        return ray.get([a.train_step.remote(ref) for a in self.actors])[0]
+        return self._get_all([a.train_step.remote(ref) for a in self.actors])[0]
 
     def save(self, directory: str | Path, *, step: int, extra: dict[str, Any] | None = None,
              keep: int | None = None) -> Path:

@@ -7,7 +7,7 @@ parts (``Run``). Then, per step:
 1. sample B prompts (seeded, resumable order: ``run.sampler``), 2. G rollouts each on the Ray
 workers (``run.source.rollout`` on ``run.pool``), 3. score them with the reward terms
 (``run.rewards``), 4. group-relative advantages, 5. the DeepSpeed trainer's updates
-(``run.trainer.train_step``), 6. push the new weights (version + 1) to every worker, 7. account
+(``run.trainer.train_step``), 6. sync the new weights (version + 1) to every worker, 7. account
 the budget, log, evaluate (``run.evaluator``) and checkpoint on schedule. The run stops at the first
 budget limit, evaluates once more, writes the summary (``summary.json``), a plot (``progress.png``)
 and the final policy (``final/``).
@@ -17,7 +17,8 @@ data set prompt, or (``env.name`` set, ``+experiment=agent``) one multi-turn too
 synthesized environment, scored by its verifier. Everything else is the same for both.
 
 Departures from V3.2: there is no separate reference-model service (the trainer keeps a frozen
-copy when ``kl_coef > 0``); weights move through the Ray object store on CPU.
+copy when ``kl_coef > 0``); weights reach the workers through the Ray object store, or a
+``torch.distributed`` broadcast from the driver (``rollout.weight_sync=broadcast``).
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def run(cfg: TrainConfig, run_dir: str) -> dict[str, Any]:
                 metrics = run.trainer.train_step(trajs, adv)
                 t3 = time.perf_counter()
                 step += 1
-                run.pool.push_weights(run.trainer.export_state_dict(), version=step)
+                run.pool.sync_weights(run.trainer.export_state_dict(), version=step)  # rollout.weight_sync
                 run.budget.add_step(run.model_config, [len(t.tokens) for t in trajs],
                                     sum(t.num_sampled for t in trajs), algo.epochs_per_batch, algo.kl_coef > 0)
                 m = {"step": step, **_step_metrics(trajs, result, metrics), **run.source.metrics(trajs),

@@ -127,6 +127,16 @@ def write_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
+def record_placement(run_dir: str | Path, placement: dict[str, Any]) -> Path:
+    """Add the run's placement (``rl.placement.describe``: nodes, their resources, the node of each
+    trainer rank and rollout worker) to ``run_dir/manifest.json`` as ``"placement"``. A run that was
+    not submitted (``rl.train`` directly) gets a manifest holding only that (and no overrides)."""
+    path = Path(run_dir) / MANIFEST_NAME
+    data = json.loads(path.read_text()) if path.is_file() else {"schema": SCHEMA_VERSION, "created": utc_now()}
+    data["placement"] = placement
+    return write_manifest(run_dir, data)
+
+
 class ManifestError(ValueError):
     """A manifest file that cannot be used for a re-submission; the message says why."""
 

@@ -126,3 +126,22 @@ def place(cfg: TrainConfig, timeout_s: float = 120.0) -> Placement:
         else:
             out.worker_options = opts
     return out
+
+
+def describe(trainer: Any, pool: Any) -> dict[str, Any]:
+    """Where this run's processes are: the cluster's alive nodes and their resources, and the Ray
+    node id of the driver, of each trainer rank and of each rollout worker, each id read by the
+    process itself (``ray.get_runtime_context().get_node_id()``). Recorded in the manifest.
+
+    trainer: a :class:`rl.distributed.TrainerGroup` (``node_ids()``) or an in-process trainer (it
+    runs on the driver's node). pool: a :class:`rollout.pool.RolloutPool`.
+    """
+    import ray
+
+    driver = ray.get_runtime_context().get_node_id()
+    nodes = [{"node_id": n["NodeID"], "address": n.get("NodeManagerAddress"),
+              "head": bool(n.get("Resources", {}).get("node:__internal_head__")),
+              "resources": {k: v for k, v in n.get("Resources", {}).items() if not k.startswith("node:")}}
+             for n in ray.nodes() if n.get("Alive")]
+    ranks = trainer.node_ids() if hasattr(trainer, "node_ids") else [driver]
+    return {"driver": driver, "nodes": nodes, "trainer_ranks": ranks, "rollout_workers": pool.node_ids()}

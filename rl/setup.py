@@ -207,7 +207,12 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
     pool = RolloutPool(model_config.to_dict(), tok_dir, EngineConfig.from_config(cfg.rollout),
                        num_workers=cfg.rollout.num_workers, state_dict=weights,
                        num_cpus_per_worker=res.cpus_per_actor, num_gpus_per_worker=res.gpus_per_worker,
-                       seed=cfg.seed, version=step, actor_options=placement.worker_options)
+                       seed=cfg.seed, version=step, actor_options=placement.worker_options,
+                       weight_sync=cfg.rollout.weight_sync)
+    from rl.manifest import record_placement
+    from rl.placement import describe
+
+    record_placement(out, describe(trainer, pool))  # where each rank and worker runs (node ids)
     from rl.logger import make_logger, make_progress
 
     logger = make_logger(cfg.logger, str(out), f"{cfg.experiment}-{out.name}", asdict(cfg))

@@ -35,6 +35,7 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     run_dir = HydraConfig.get().runtime.output_dir
     from rl.loop import run  # heavy imports (torch, ray) only after the config is known good
+    from rollout.pool import NodeLostError
 
     # SIGTERM (a scheduler's cancel, `kill`) unwinds like Ctrl-C, so the run shuts its Ray workers
     # down; the last complete checkpoint stays valid either way.
@@ -44,6 +45,10 @@ def main(cfg: DictConfig) -> None:
     except StartupError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except NodeLostError as err:  # a multi-node run lost a node: stop (rl.distributed says why)
+        print(f"error: {err}; resume={config.resume or run_dir} continues from the last complete checkpoint",
+              file=sys.stderr, flush=True)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -17,23 +17,31 @@ one without.
 Recovery: when a worker's process dies (`RayActorError` from any of its chunks), the pool kills
 the handle, starts a fresh actor, loads the latest weights into it (object-store copy) and
 re-queues every chunk that was in flight on the dead worker. Results are keyed by chunk, so no
-item is lost or duplicated. A worker is re-created at most `max_restarts` times.
+item is lost or duplicated. A worker is re-created at most `max_restarts` times. When the worker's
+Ray node itself is gone (its raylet died: Ray first reports the actor unavailable, and marks the
+node dead after its health checks fail, ~15 s), the pool does not re-create it (its placement
+bundle went with the node, so a replacement would wait forever): it raises `NodeLostError`, whose
+one-line message names the node.
 
-Weights: `push_weights` puts the state dict into the object store once (`ray.put`) and passes the
-ref to every worker; `broadcast_weights` sends them through a `torch.distributed` broadcast group
-(NCCL on GPU; gloo works on CPU) whose rank 0 is this process, and by default also keeps an
-object-store copy for re-created workers. A weight push happens between `generate` calls, so no
-sample mixes versions.
+Weights: `sync_weights` sends a new version by the pool's `weight_sync` method
+(`rollout.weight_sync`): `push_weights` puts the state dict into the object store once (`ray.put`)
+and passes the ref to every worker; `broadcast_weights` sends them through a `torch.distributed`
+broadcast group whose rank 0 is this process (NCCL when this process and the workers have GPUs,
+gloo otherwise; the group is built at the first broadcast and again after a worker is re-created),
+and also keeps an object-store copy for re-created workers. A weight sync happens between
+`generate` calls, so no sample mixes versions.
 
 `ray.init()` starts a local cluster (`ray_num_cpus` CPUs) when Ray is not initialised yet.
 """
 from __future__ import annotations
 
 import socket
+import time
 from collections import deque
 from collections.abc import Sequence
 
 import ray
+import torch
 
 from rollout.engine import EngineConfig
 from rollout.sampling import SamplingParams
@@ -48,9 +56,13 @@ class RolloutPool:
                  num_workers: int = 1, state_dict: dict | None = None, num_cpus_per_worker: float = 1,
                  num_gpus_per_worker: float = 0, chunk_size: int | None = None, max_in_flight: int = 2,
                  max_restarts: int = 3, seed: int = 0, version: int = 0, ray_num_cpus: int | None = None,
-                 actor_options: dict | None = None) -> None:
+                 actor_options: dict | None = None, weight_sync: str = "object_store") -> None:
         """actor_options: merged into every worker's `.options(...)` (e.g. a placement-group
-        `scheduling_strategy` from `rl.placement`)."""
+        `scheduling_strategy` from `rl.placement`). weight_sync: "object_store" or "broadcast", the
+        method of `sync_weights`."""
+        if weight_sync not in WEIGHT_SYNC:
+            raise ValueError(f"weight_sync={weight_sync!r}: allowed {', '.join(WEIGHT_SYNC)}")
+        self.weight_sync = weight_sync
         if not ray.is_initialized():
             ray.init(num_cpus=ray_num_cpus, include_dashboard=False)
         self._actor_cls = ray.remote(RolloutWorker)
@@ -74,13 +86,25 @@ class RolloutPool:
         self.workers = [self._spawn() for _ in range(num_workers)]
         # Start-up includes the workers' own (model build, weights, a compile with rollout.compile):
         # a worker that cannot start fails here, and the first rollout is not slowed by it.
-        ray.get([w.version.remote() for w in self.workers])
+        self._nodes: list[str | None] = ray.get([w.node_id.remote() for w in self.workers])
+        """The Ray node id of each worker slot (None: a re-created worker's, not asked yet)."""
 
     def _spawn(self):
         w = self._actor_cls.options(**self._opts).remote(*self._worker_args, num_threads=self._threads)
         if self._weights_ref is not None:
             w.load_weights.remote(self._weights_ref, self.version)  # ordered before any later call
         return w
+
+    def _recover(self, i: int, err: Exception) -> None:
+        """Worker `i` failed with a `RayActorError`: raise `NodeLostError` if its node is gone, else
+        re-create it."""
+        node = self._nodes[i]
+        if node is not None:
+            wait = NODE_DEAD_WAIT_S if isinstance(err, ray.exceptions.ActorUnavailableError) else 0.0
+            dead = lost_node(node, wait)
+            if dead is not None:
+                raise NodeLostError(f"Ray node {dead} was lost: rollout worker {i} ran there ({_first_line(err)})")
+        self._replace(i)
 
     def _replace(self, i: int) -> None:
         if self.restarts[i] >= self.max_restarts:
@@ -89,9 +113,17 @@ class RolloutPool:
         self.restarts[i] += 1
         ray.kill(self.workers[i], no_restart=True)
         self.workers[i] = self._spawn()
+        self._nodes[i] = None
         self._group = None  # a broadcast group must be rebuilt with the new process
 
     # ---- weights --------------------------------------------------------------------------------
+    def sync_weights(self, state_dict: dict, version: int) -> None:
+        """Send weight version `version` to every worker by this pool's `weight_sync` method."""
+        if self.weight_sync == "broadcast":
+            self.broadcast_weights(state_dict, version)
+        else:
+            self.push_weights(state_dict, version)
+
     def push_weights(self, state_dict: dict, version: int) -> None:
         """Send a full state dict to every worker through the object store (one `ray.put`).
 
@@ -109,30 +141,50 @@ class RolloutPool:
         for i, ref in loads.items():
             try:
                 ray.get(ref)
-            except ray.exceptions.RayActorError:
-                self._replace(i)
+            except ray.exceptions.RayActorError as err:
+                self._recover(i, err)
 
     def broadcast_weights(self, state_dict: dict, version: int, *, backend: str | None = None,
                           keep_cpu_copy: bool = True) -> None:
         """Send `state_dict` (this process is rank 0; tensors on its device) by a collective broadcast.
 
-        backend: "nccl" (default when the tensors are on CUDA) or "gloo". The tensors must be in the
-        workers' `state_dict()` order with the same shapes and dtypes. keep_cpu_copy: also `ray.put`
-        a CPU copy, which a re-created worker loads.
+        backend: "nccl" or "gloo"; None = "nccl" when this process has CUDA and the workers have
+        GPUs (CPU tensors are then copied to this process's GPU), else "gloo". The names, shapes
+        and dtypes must match the workers' `state_dict()` (checked once, when the group is built);
+        they receive in this dict's order. keep_cpu_copy: also `ray.put` a CPU copy, which a
+        re-created worker loads.
         """
         self._settle_loads()
+        if backend is None:
+            backend = "nccl" if torch.cuda.is_available() and self._opts.get("num_gpus", 0) > 0 else "gloo"
         tensors = list(state_dict.values())
-        backend = backend or ("nccl" if tensors[0].is_cuda else "gloo")
+        if backend == "nccl":
+            tensors = [t.to("cuda", non_blocking=True) for t in tensors]
         if self._group is None or self._group[0] != backend:
             port = _free_port()
             addr = ray.util.get_node_ip_address()
             n = len(self.workers) + 1
+            spec = [(k, tuple(v.shape), str(v.dtype)) for k, v in state_dict.items()]
+            ray.get([w.check_weights.remote(spec) for w in self.workers])  # before anyone blocks in a join
             refs = [w.join_weight_group.remote(backend, addr, port, r + 1, n) for r, w in enumerate(self.workers)]
             self._group = (backend, weight_group(backend, addr, port, 0, n))
             ray.get(refs)
         refs = [w.receive_broadcast.remote(version) for w in self.workers]
-        broadcast_state(self._group[1], tensors)
-        ray.get(refs)
+        try:
+            broadcast_state(self._group[1], tensors)
+            ray.get(refs)
+        except Exception as err:  # a peer gone mid-broadcast: gloo/NCCL raise, or an actor error
+            self._group = None
+            end = time.monotonic() + NODE_DEAD_WAIT_S  # is a worker's node being marked dead?
+            while True:
+                for i, node in enumerate(self._nodes):
+                    dead = lost_node(node) if node is not None else None
+                    if dead is not None:
+                        raise NodeLostError(f"Ray node {dead} was lost: rollout worker {i} ran there "
+                                            f"({_first_line(err)})") from err
+                if time.monotonic() >= end:
+                    raise
+                time.sleep(0.5)
         self.version = version
         if keep_cpu_copy:
             self._weights_ref = ray.put(_cpu_state(state_dict))
@@ -141,6 +193,12 @@ class RolloutPool:
         """The weight version each worker holds now."""
         self._settle_loads()
         return ray.get([w.version.remote() for w in self.workers])
+
+    def node_ids(self) -> list[str]:
+        """The Ray node id each worker runs on now (read from the worker's own runtime context)."""
+        self._settle_loads()
+        self._nodes = ray.get([w.node_id.remote() for w in self.workers])
+        return list(self._nodes)
 
     # ---- generation -----------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, group_size: int = 1, *,
@@ -196,13 +254,13 @@ class RolloutPool:
             load[i] -= 1
             try:
                 results[c] = ray.get(ready[0])
-            except ray.exceptions.RayActorError:
+            except ray.exceptions.RayActorError as err:
                 lost = [c] + [cc for ref, (ii, cc) in list(in_flight.items()) if ii == i]
                 for ref in [r for r, (ii, _) in in_flight.items() if ii == i]:
                     del in_flight[ref]
                 load[i] = 0
                 pending.extendleft(sorted(lost, reverse=True))
-                self._replace(i)
+                self._recover(i, err)
         return [t for chunk in results for t in chunk]  # type: ignore[union-attr]
 
     def shutdown(self) -> None:
@@ -210,6 +268,37 @@ class RolloutPool:
         for w in self.workers:
             ray.kill(w, no_restart=True)
         self.workers = []
+
+
+class NodeLostError(RuntimeError):
+    """A Ray node that held part of the run (a rollout worker, a trainer rank) is gone; the
+    message is one line naming the node."""
+
+
+NODE_DEAD_WAIT_S = 45.0
+"""How long a `RayActorError` that may be a lost node (Ray's `ActorUnavailableError`) waits for
+Ray to mark the node dead (its health checks: 5 misses x 3 s by default) before it is taken for a
+crashed process."""
+
+
+def lost_node(node_id: str, wait_s: float = 0.0, poll_s: float = 0.5) -> str | None:
+    """``"ID (ADDRESS)"`` if Ray reports node `node_id` dead within `wait_s` seconds, else None."""
+    end = time.monotonic() + wait_s
+    while True:
+        for n in ray.nodes():
+            if n["NodeID"] == node_id and not n["Alive"]:
+                return f"{node_id} ({n.get('NodeManagerAddress', '?')})"
+        if time.monotonic() >= end:
+            return None
+        time.sleep(poll_s)
+
+
+def _first_line(err: Exception) -> str:
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:160]}"
+
+
+WEIGHT_SYNC = ("object_store", "broadcast")
+"""The `weight_sync` methods (`rollout.weight_sync`)."""
 
 
 def _cpu_state(state_dict: dict) -> dict:

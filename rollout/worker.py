@@ -68,6 +68,7 @@ class RolloutWorker:
         self.engine.warm_up()  # compile=True: the decode step compiles at start-up, not in the first rollout
         self._crash_in: int | None = None
         self._pg = None
+        self._order: list[str] = []
         if state_dict is not None:
             self.load_weights(state_dict, 0)
 
@@ -82,21 +83,43 @@ class RolloutWorker:
         self.engine.weight_version = version
         return version
 
+    def check_weights(self, spec: Sequence[tuple[str, tuple[int, ...], str]]) -> None:
+        """Check a sender's (name, shape, dtype) per tensor against this policy's state dict, and
+        keep its order as the order `receive_broadcast` receives in."""
+        theirs = {k: (tuple(s), d) for k, s, d in spec}
+        mine = {k: (tuple(v.shape), str(v.dtype)) for k, v in self.model.state_dict().items()}
+        if theirs != mine:
+            diff = sorted(set(theirs.items()) ^ set(mine.items()))[:3]
+            raise ValueError(f"broadcast weights do not match this worker's policy (first differences: {diff})")
+        self._order = [k for k, _, _ in spec]
+
     def join_weight_group(self, backend: str, master_addr: str, master_port: int, rank: int, world_size: int) -> int:
         """Join the learner's broadcast group (blocks until all ranks have joined)."""
         self._pg = weight_group(backend, master_addr, master_port, rank, world_size)
         return rank
 
     def receive_broadcast(self, version: int) -> int:
-        """Receive every state-dict tensor from rank 0 of the weight group (in state-dict order)."""
+        """Receive every state-dict tensor from rank 0 of the weight group, in place (in the order
+        given at `check_weights`; else state-dict order), as weight version `version`."""
         if self._pg is None:
             raise RuntimeError("receive_broadcast before join_weight_group")
-        broadcast_state(self._pg, list(self.model.state_dict().values()))
+        own = self.model.state_dict()
+        broadcast_state(self._pg, [own[k] for k in (self._order or own)])
         self.engine.weight_version = version
         return version
 
     def version(self) -> int:
         return self.engine.weight_version
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the policy's state dict (tests compare workers with it)."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+    def node_id(self) -> str:
+        """The Ray node this worker runs on (hex id)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     # ---- generation -----------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, *, seed: int | None = None,

@@ -51,6 +51,8 @@ def test_group_options_set_only_what_differs() -> None:
     ("budget.max_steps=0", "budget.max_steps=0 is invalid: must be >= 1"),
     ("model.attention_mode=full", "model.attention_mode='full' is invalid: allowed values are sparse, dense"),
     ("rollout.top_p=1.5", "rollout.top_p=1.5 is invalid: must be <= 1.0"),
+    ("rollout.weight_sync=nccl",
+     "rollout.weight_sync='nccl' is invalid: allowed values are object_store, broadcast"),
     ("rewards.max_error_rate=2", "rewards.max_error_rate=2.0 is invalid: must be <= 1.0"),
     ("algorithm.micro_batch_size=128",
      ("algorithm.micro_batch_size=128 is invalid: must be <= algorithm.mini_batch_size=64")),

@@ -96,3 +96,44 @@ def test_a_failed_weight_load_raises_at_the_next_call(pool, model, prompts) -> N
         pool.generate(prompts[:1], SamplingParams(greedy=True, max_new_tokens=2))
     pool.push_weights(model.state_dict(), version=pool.version)
     assert pool.versions() == [pool.version] * 2
+
+
+def test_broadcast_sync_equals_the_object_store_path(pool, make_model, model, tok, prompts) -> None:
+    """`weight_sync=broadcast` (a gloo group of this process + both workers): after a sync both
+    workers hold exactly the sent weights and its version, and greedy generation equals the
+    object-store push of the same weights, and the in-process engine."""
+    from rollout.pool import RolloutPool
+
+    new = make_model(seed=3)
+    greedy = SamplingParams(greedy=True, max_new_tokens=8)
+    pool.push_weights(new.state_dict(), version=10)
+    by_store = pool.generate(prompts * 2, greedy)
+    pool.push_weights(model.state_dict(), version=11)  # back to other weights
+    pool.weight_sync = "broadcast"
+    try:
+        pool.sync_weights(new.state_dict(), version=12)
+        assert pool.versions() == [12, 12] and pool.version == 12
+        for got in ray.get([w.weights.remote() for w in pool.workers]):
+            assert got.keys() == new.state_dict().keys()
+            assert all(torch.equal(got[k], v) for k, v in new.state_dict().items())
+        by_broadcast = pool.generate(prompts * 2, greedy)  # 4 chunks of 2 rows over both workers
+        ref = RolloutEngine(new, tok).generate(prompts * 2, greedy)
+        assert all(torch.equal(a.tokens, b.tokens) and torch.equal(a.tokens, c.tokens)
+                   for a, b, c in zip(by_broadcast, by_store, ref))
+        assert [t.weight_version for t in by_broadcast] == [12] * 8
+        pool.sync_weights(model.state_dict(), version=13)  # the group is reused
+        assert pool.versions() == [13, 13]
+        w = ray.get(pool.workers[1].weights.remote())
+        assert all(torch.equal(w[k], v) for k, v in model.state_dict().items())
+    finally:
+        pool.weight_sync = "object_store"
+    with pytest.raises(ValueError, match="weight_sync='nccl': allowed object_store, broadcast"):
+        RolloutPool(model.config, num_workers=0, weight_sync="nccl")
+
+
+def test_broadcast_of_other_weights_names_the_difference(pool, model) -> None:
+    bad = {("renamed." + k if i == 0 else k): v for i, (k, v) in enumerate(model.state_dict().items())}
+    pool._group = None
+    with pytest.raises(ray.exceptions.RayTaskError, match="broadcast weights do not match"):
+        pool.broadcast_weights(bad, version=pool.version + 1)
+    pool._group = None

@@ -31,7 +31,8 @@ gloo otherwise; the group is built at the first broadcast and again after a work
 and also keeps an object-store copy for re-created workers. A weight sync happens between
 `generate` calls, so no sample mixes versions.
 
-`ray.init()` starts a local cluster (`ray_num_cpus` CPUs) when Ray is not initialised yet.
+Ray must be initialised by the caller (a run: `rl.cluster.init_ray`, the one place that starts or
+joins a cluster).
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ class RolloutPool:
     def __init__(self, model_config, tokenizer: str | None = None, engine_config: EngineConfig | None = None, *,
                  num_workers: int = 1, state_dict: dict | None = None, num_cpus_per_worker: float = 1,
                  num_gpus_per_worker: float = 0, chunk_size: int | None = None, max_in_flight: int = 2,
-                 max_restarts: int = 3, seed: int = 0, version: int = 0, ray_num_cpus: int | None = None,
+                 max_restarts: int = 3, seed: int = 0, version: int = 0,
                  actor_options: dict | None = None, weight_sync: str = "object_store") -> None:
         """actor_options: merged into every worker's `.options(...)` (e.g. a placement-group
         `scheduling_strategy` from `rl.placement`). weight_sync: "object_store" or "broadcast", the
@@ -64,7 +65,8 @@ class RolloutPool:
             raise ValueError(f"weight_sync={weight_sync!r}: allowed {', '.join(WEIGHT_SYNC)}")
         self.weight_sync = weight_sync
         if not ray.is_initialized():
-            ray.init(num_cpus=ray_num_cpus, include_dashboard=False)
+            raise RuntimeError("RolloutPool needs a running Ray: call ray.init() first (rl.cluster.init_ray "
+                               "does it for a run)")
         self._actor_cls = ray.remote(RolloutWorker)
         self._worker_args = (model_config, tokenizer, engine_config)
         self._batch_size = (engine_config or EngineConfig()).max_batch_size

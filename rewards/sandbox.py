@@ -56,6 +56,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rewards._seccomp import build_filter
+
 SETUP_ERROR_EXIT = 125
 SANDBOX_DIRS = ("/sandbox", "/tmp")
 """The sandbox's own writable directories (work dir and temp); no host path may be bound there."""
@@ -164,14 +166,26 @@ def _interpreter_binds() -> tuple[str, list[tuple[str, bool, bool]]]:
     return python, binds
 
 
+@functools.lru_cache(maxsize=2)
+def _seccomp_hex(candidate: bool) -> str:
+    try:
+        return build_filter(candidate).hex()
+    except ValueError as e:
+        raise SandboxUnavailable(f"cannot build the sandbox: {e}") from None
+
+
 def run_python(script: str, files: dict[str, str | bytes] | None = None,
-               limits: SandboxLimits | None = None, args: tuple[str, ...] = ()) -> SandboxResult:
+               limits: SandboxLimits | None = None, args: tuple[str, ...] = (),
+               single_process: bool = True) -> SandboxResult:
     """Run ``python -I -S -B /sandbox/<script>`` in the sandbox with ``files`` in ``/sandbox``.
 
+    ``single_process``: also install the candidate's seccomp filter (no fork: RLIMIT_AS then caps
+    everything the script can allocate); the test harness runs with False and forks its tests.
     Returns exit status, captured output (each capped by ``limits.file_mb``) and a reason when it
     failed. Raises :class:`SandboxUnavailable` when the sandbox itself cannot be built.
     """
     limits = limits or SandboxLimits()
+    filters = [_seccomp_hex(False)] + ([_seccomp_hex(True)] if single_process else [])
     python, binds = _interpreter_binds()
     binds = binds + [(p, os.path.isdir(p), False) for p in limits.extra_ro_paths]
     for path, _, _ in binds:
@@ -189,7 +203,7 @@ def run_python(script: str, files: dict[str, str | bytes] | None = None,
             (tmp / "files" / name).write_bytes(content.encode() if isinstance(content, str) else content)
         cfg = {"root": str(tmp / "root"), "files_dir": str(tmp / "files"), "binds": binds,
                "tmpfs_mb": limits.tmpfs_mb, "tmpfs_inodes": limits.tmpfs_inodes,
-               "argv": [python, "-I", "-S", "-B", f"/sandbox/{script}", *args],
+               "argv": [python, "-I", "-S", "-B", f"/sandbox/{script}", *args], "seccomp": filters,
                "limits": {"cpu_s": max(1, int(limits.cpu_s + 0.999)), "memory_mb": limits.memory_mb,
                           "nproc": limits.nproc, "file_mb": limits.file_mb, "nofile": limits.nofile}}
         (tmp / "config.json").write_text(json.dumps(cfg))
@@ -296,11 +310,11 @@ def run_tests(code: str, tests: Any, limits: SandboxLimits | None = None) -> Tes
     _, binds = _interpreter_binds()
     read_roots = sorted({p for p, is_dir, _ in binds if is_dir} | set(limits.extra_ro_paths))
     spec = {"mode": mode, "tests": cases, "cpu_s": limits.cpu_s, "test_timeout_s": limits.test_timeout_s,
-            "audit": limits.audit_hooks, "read_roots": read_roots}
+            "audit": limits.audit_hooks, "read_roots": read_roots, "seccomp": _seccomp_hex(True)}
     files = {"solution.py": code, "_spec.json": json.dumps(spec),
              "_harness.py": (_HERE / "_sandbox_harness.py").read_text()}
     # The harness needs a little room above the candidate: it is PID 1 and forks each test.
-    res = run_python("_harness.py", files, limits)
+    res = run_python("_harness.py", files, limits, single_process=False)
     failed = TestReport(passed=[False] * len(cases), reasons=[""] * len(cases))
     if res.timed_out or res.returncode != 0:
         failed.reason = res.reason or f"harness exit status {res.returncode}"

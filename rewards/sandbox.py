@@ -18,23 +18,27 @@ Threat model (what holds, by layer):
 * **Processes** (kernel): a new PID namespace; the harness is its PID 1, so when it exits or the
   host kills the launcher's process group at the wall timeout, every process inside dies. A
   dedicated uid per sandbox makes RLIMIT_NPROC a per-sandbox cap (fork bombs stop there).
-* **Resources** (rlimits, per process): CPU seconds, address space (memory bombs get
-  MemoryError or die), file size, open files, no core dumps; plus the wall timeouts (per test in
-  the harness, per run on the host) and the tmpfs size / inode caps.
-* **Second layer** (Python audit hooks, on by default): refuse sockets, subprocesses, fork/exec,
-  ctypes and ``open`` outside the work dirs before the kernel has to. Bypassable by native code;
-  the tests run the attacks with the hooks both on and off.
+* **Resources**: a seccomp filter (``rewards/_seccomp.py``, installed before the interpreter
+  starts, so no Python or native code can lift it) makes each candidate one process (no fork,
+  vfork or non-thread clone) and refuses the memory that RLIMIT_AS does not count (SysV shared
+  memory, semaphores and message queues, POSIX queues, ``memfd_create``) plus sockets, new
+  namespaces, mounts, ``ptrace``, ``bpf``, ``io_uring``, keyrings. So a candidate holds at most
+  ``memory_mb`` (RLIMIT_AS) + ``tmpfs_mb`` (its filesystem) of host memory, and all of it is
+  freed when the run ends. Plus CPU seconds, file size, open files, no core dumps, and the wall
+  timeouts (per test in the harness, per run on the host).
+* **Verdicts** (asserts mode): the tests run in a trusted tester process, never in the
+  candidate's; values cross as plain data, so the candidate influences the verdict only through
+  the values its functions return (see ``_sandbox_harness.py``). In stdio mode the expected
+  outputs never enter the candidate's process (fresh interpreter, spec file deleted).
+* **Second layer** (Python audit hooks, on by default): refuse sockets, subprocesses, ctypes and
+  ``open`` outside the work dirs in the candidate. A speed bump, not a wall: the tests run every
+  attack with the hooks on and off.
 
-Not covered: kernel exploits and side channels; CPU/memory pressure on other processes between
-the limits (use cgroups, not available on our no-systemd machines, to cap totals); the readable
-system libraries and stdlib are visible (public files, not secrets). Reward hacking: in
-*stdio* mode the expected outputs never enter the candidate's process (fresh interpreter, spec
-file deleted) and the harness compares them; in *asserts* mode the test code necessarily runs in
-the candidate's process, so a candidate that deliberately inspects its caller's frames or reads
-the nonce pipe itself could forge a pass (an early ``exit`` cannot). Non-root users get
-the same layout through a user namespace (where unprivileged user namespaces are enabled), but
-the code then runs as the calling user mapped to uid 0 with every capability dropped, and
-RLIMIT_NPROC counts that user's other processes too.
+Not covered: kernel exploits and side channels; CPU pressure on other processes within the
+limits; the readable system libraries and stdlib are visible (public files, not secrets); a
+candidate that hard-codes the answers the tests expect. Non-root users get the same layout
+through a user namespace (where unprivileged user namespaces are enabled), but the code then
+runs as the calling user mapped to uid 0 with every capability dropped.
 
 Requirements: Linux, root or unprivileged user namespaces (``unshare`` must be permitted: true
 as root in our CI containers). :func:`sandbox_support` says whether it works here and why not.

@@ -172,3 +172,28 @@ def test_parser_fuzz_json_payloads(obj, wrap):
     if isinstance(obj, str) and wrap:  # string arguments parse as JSON or fail cleanly
         ok = c.error is None
     assert (c.error is None) == ok, (payload, c)
+
+
+def test_lone_surrogates_become_call_errors():
+    from envs.base import parse_turn
+    for raw in ('{"name": "f", "arguments": {"\\udcff": 1}}', '{"name": "f", "arguments": {"a": "\\ud800"}}',
+                '{"name": "f\\udfff", "arguments": {}}'):
+        (call,) = parse_turn(f"<tool_call>{raw}</tool_call>").calls
+        assert call.error and "surrogate" in call.error, (raw, call)
+        call.error.encode("utf-8")  # the error text itself is valid text
+    (ok,) = parse_turn('<tool_call>{"name": "f", "arguments": {"a": "\\ud83d\\ude00"}}</tool_call>').calls
+    assert ok.error is None and ok.arguments == {"a": "\U0001F600"}  # a proper pair is fine
+
+
+def test_parse_turn_is_linear_in_repeated_markers():
+    import time
+    from envs.base import parse_turn
+
+    def seconds(text: str) -> float:
+        start = time.perf_counter()
+        turn = parse_turn(text)
+        assert turn.calls and all(c.error and "unparseable" not in c.error for c in turn.calls)
+        return time.perf_counter() - start
+    for unit in ("<tool_call>", "</tool_call>", "<tool_call>x"):
+        small, big = seconds(unit * 20_000), seconds(unit * 80_000)  # ~1 MB: 39 s when quadratic
+        assert big < 8 * small + 0.5, (unit, small, big)  # 4x the text: ~4x the time, not 16x

@@ -278,7 +278,7 @@ class CandidateError(Exception):
 class _Remote:
     """A handle on an object that stays in the candidate's process."""
 
-    __slots__ = ("_link", "_id", "_type")
+    __slots__ = ("_id", "_link", "_type")
 
     def __init__(self, link, id_, type_):
         object.__setattr__(self, "_link", link)

@@ -187,6 +187,7 @@ def test_lone_surrogates_become_call_errors():
 
 def test_parse_turn_is_linear_in_repeated_markers():
     import time
+
     from envs.base import parse_turn
 
     def seconds(text: str) -> float:

@@ -103,8 +103,8 @@ HONEST = {
         "def add(a, b):\n    return a + b\n",
         ["def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-1, 1) == 0\ncheck(add)"]),
     "class with methods": (
-        "class Counter:\n    def __init__(self):\n        self.n = 0\n"
-        "    def add(self, k=1):\n        self.n += k\n        return self\n",
+        ("class Counter:\n    def __init__(self):\n        self.n = 0\n"
+         "    def add(self, k=1):\n        self.n += k\n        return self\n"),
         ["c = Counter()\nc.add()\nc.add(k=2)\nassert c.n == 3"]),
     "generator": ("def evens(n):\n    for i in range(n):\n        if i % 2 == 0:\n            yield i\n",
                   ["assert list(evens(5)) == [0, 2, 4]"]),
@@ -113,10 +113,10 @@ HONEST = {
     "expected exception": ("def g(x):\n    if x < 0:\n        raise ValueError('negative')\n    return x\n",
                            ["try:\n    g(-1)\nexcept ValueError:\n    pass\nelse:\n    raise AssertionError('no error')"]),
     "data of every kind": (
-        "import math\nK = 7\n"
-        "def h():\n    return (1, 2.5, 'é\\udcff', b'x', {1: [None, True]}, {3}, frozenset(), 2 ** 5000, float('nan'), 1j)\n",
-        ["t = h()\nassert t[:6] == (1, 2.5, 'é\\udcff', b'x', {1: [None, True]}, {3})\n"
-         "assert t[7] == 2 ** 5000 and math.isnan(t[8]) and t[9] == 1j and K == 7 and math.sqrt(4) == 2"]),
+        ("import math\nK = 7\n"
+         "def h():\n    return (1, 2.5, 'é\\udcff', b'x', {1: [None, True]}, {3}, frozenset(), 2 ** 5000, float('nan'), 1j)\n"),
+        [("t = h()\nassert t[:6] == (1, 2.5, 'é\\udcff', b'x', {1: [None, True]}, {3})\n"
+          "assert t[7] == 2 ** 5000 and math.isnan(t[8]) and t[9] == 1j and K == 7 and math.sqrt(4) == 2")]),
     "stdlib import used by the test": ("from collections import Counter\ndef top(s):\n    return Counter(s).most_common(1)[0][0]\n",
                                        ["assert top('abca') == 'a'"]),
 }

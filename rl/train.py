@@ -72,6 +72,14 @@ def main(cfg: DictConfig) -> None:
         _remove_run_dir(HydraConfig.get().runtime.output_dir)
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
+    from rl.preflight import PreflightError, check_inputs
+
+    try:
+        check_inputs(config)  # data files, model paths, resume: before Ray or a model is touched
+    except PreflightError as err:
+        _remove_run_dir(HydraConfig.get().runtime.output_dir)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     run_dir = HydraConfig.get().runtime.output_dir
     from rl.loop import run  # heavy imports (torch, ray) only after the config is known good
     from rl.setup import StartupError

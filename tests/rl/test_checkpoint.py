@@ -163,3 +163,29 @@ def test_export_under_zero3_loads_with_auto_classes(tmp_path):
         assert torch.equal(loaded[k], v), k
         torch.testing.assert_close(v, weights[0][k], rtol=0, atol=1e-4)  # the same update as ZeRO-0
     assert len(AutoTokenizer.from_pretrained(out)) == len(tok)
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_intact_previous_one(tmp_path, trajs, capfd):
+    trainer = Trainer(fx.tiny_policy, fx.algo(), fx.ds(0))
+    trainer.save(tmp_path, step=1)
+    w1 = trainer.export_state_dict()
+    trainer.train_step(trajs, fx.fixed_advantages(len(trajs)))
+    trainer.save(tmp_path, step=2)
+    assert checkpoint.find_intact(tmp_path) == ("step_00000002", [])
+    biggest = max((p for p in (tmp_path / "step_00000002").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = biggest.read_bytes()
+    biggest.write_bytes(data[: len(data) // 2])  # cut short, as by a full disk or a killed copy
+    fresh = Trainer(fx.tiny_policy, fx.algo(), fx.ds(0))
+    assert fresh.load(tmp_path)[0] == 1
+    err = capfd.readouterr().err
+    assert "step_00000002 is damaged" in err and "bytes" in err and "resuming from step_00000001" in err
+    for k, v in fresh.export_state_dict().items():
+        assert torch.equal(v, w1[k]), k
+    # Same size, one byte altered: only the checksum can tell.
+    biggest.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert checkpoint.verify(tmp_path / "step_00000002") == \
+        f"{biggest.relative_to(tmp_path / 'step_00000002')} does not match its checksum"
+    assert checkpoint.verify(tmp_path / "step_00000002", full=False) is None
+    (tmp_path / "step_00000001" / "meta.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        fresh.load(tmp_path)

@@ -209,8 +209,8 @@ def check_file(source: str) -> None:
     if path.suffix == ".parquet":
         with open(path, "rb") as f:
             head = f.read(4)
-            f.seek(-4, os.SEEK_END)
-            if head != b"PAR1" or f.read(4) != b"PAR1":
+            f.seek(max(0, path.stat().st_size - 4))
+            if path.stat().st_size < 8 or head != b"PAR1" or f.read(4) != b"PAR1":
                 raise DataError(f"{where}: not a parquet file (no PAR1 magic bytes); check the file or its suffix")
         return
     with open(path, "rb") as f:
@@ -221,7 +221,7 @@ def check_file(source: str) -> None:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError as err:
             raise DataError(f"{where}: not UTF-8 text (byte {err.start}): re-save the file as UTF-8") from None
-        except ValueError:
+        except (ValueError, RecursionError):
             doc = None  # not one document: read as JSON Lines below
         if doc is not None:
             if not isinstance(doc, (list, dict)) or not doc:
@@ -242,8 +242,8 @@ def check_file(source: str) -> None:
             if path.suffix in (".jsonl", ".json"):
                 try:
                     obj = json.loads(line)
-                except ValueError as err:
-                    raise DataError(f"{where}: line {n} is not valid JSON ({err}); fix or remove it") from None
+                except (ValueError, RecursionError) as err:
+                    raise DataError(f"{where}: line {n} is not valid JSON ({str(err)[:120]}); fix or remove it") from None
                 if not isinstance(obj, dict):
                     raise DataError(f"{where}: line {n} is a JSON {type(obj).__name__}, not an object "
                                     '{"prompt": ..., ...}; one object per line')

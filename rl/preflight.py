@@ -4,8 +4,9 @@ anything starts or is written.
 
 * ``data.source``: a local file is read once (:func:`rl.data.check_file`: empty, binary, a
   corrupt JSON line named by its number).
-* ``model.path`` / ``model.tokenizer``: a local path must be a directory with a ``config.json``
-  (``tokenizer``: any directory); names that are not local paths are hub ids, checked when loaded.
+* ``model.preset`` must be a known preset (when ``model.path`` is unset); ``model.path`` /
+  ``model.tokenizer``: a local path must be a directory with a ``config.json`` (``tokenizer``: any
+  directory); names that are not local paths are hub ids, checked when loaded.
 * ``resume``: the run directory must hold ``checkpoints/`` with at least one complete checkpoint
   (sizes checked here; the checksums are verified when it is loaded, see :mod:`rl.checkpoint`).
 """
@@ -41,6 +42,12 @@ def check_inputs(cfg: TrainConfig) -> None:
                 raise PreflightError(str(err)) from None
         elif _local(source) and not path.is_dir():
             raise PreflightError(f"data.source={source!r}: no such file or directory")
+    if cfg.model.path is None:
+        from rl.policy.configuration import PRESETS
+
+        if cfg.model.preset not in PRESETS:
+            raise PreflightError(f"model.preset={cfg.model.preset!r} is not a preset; known: {sorted(PRESETS)} "
+                                 "(or give model.path)")
     for key, value, need_config in (("model.path", cfg.model.path, True), ("model.tokenizer", cfg.model.tokenizer, False)):
         if value is None or not _local(value):
             continue

@@ -85,6 +85,10 @@ def compose(overrides: list[str]) -> TrainConfig:
         return to_config(cfg)
     except ConfigError as err:
         raise SubmitError(f"config error: {err}") from err
+    except OmegaConfBaseException as err:  # e.g. an interpolation to a key that does not exist
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        key = getattr(err, "full_key", None)
+        raise SubmitError(f"config error: {key + ': ' if key else ''}{first}") from err
 
 
 def _is_hydra(override: str) -> bool:

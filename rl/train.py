@@ -97,4 +97,14 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     sys.argv[1:] = take_secret_env(sys.argv[1:])
+    if not any(a.startswith("-") for a in sys.argv[1:]):  # not --cfg / --help / --multirun ...
+        # Compose once here: Hydra's own errors (an unknown key or group, a value of the wrong type)
+        # become one line and exit status 2, before Hydra makes a run directory.
+        from rl.submit import SubmitError, compose
+
+        try:
+            compose(sys.argv[1:])
+        except SubmitError as err:
+            print(str(err), file=sys.stderr)
+            sys.exit(2)
     main()

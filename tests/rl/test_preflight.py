@@ -51,6 +51,7 @@ def bad_inputs(tmp_path) -> dict[str, tuple[list[str], str]]:
         "json list line": ([f"data.source={tmp_path}/list.jsonl"], "not an object"),
         "bad parquet": ([f"data.source={tmp_path}/bad.parquet"], "not a parquet file"),
         "missing data file": ([f"data.source={tmp_path}/nope.jsonl"], "no such file"),
+        "unknown preset": (["model.preset=abc"], "is not a preset"),
         "missing model dir": ([f"model.path={tmp_path}/no_such_model"], "no such directory"),
         "model dir without config": ([f"model.path={tmp_path}/nomodel"], "no config.json"),
         "resume without checkpoints dir": ([f"resume={tmp_path}"], "no checkpoints/ directory"),

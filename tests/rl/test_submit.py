@@ -336,3 +336,9 @@ def test_train_takes_secrets_out_of_hydra(in_tmp, monkeypatch):
                          timeout=120, check=False)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert SECRET not in res.stderr and not (in_tmp / "outputs").exists()
+
+
+def test_a_broken_interpolation_is_one_line(in_tmp, capsys):
+    assert main(["cluster=slurm", "rollout.max_new_tokens=${oops}", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "oops" in err and err.startswith("error: config error:")

@@ -192,7 +192,11 @@ class ProcessBackend:
                     _, got_id, status, value = w.conn.recv()
                     results[i] = (status, value) if got_id == call_id else ("error", "internal: stale worker reply")
                 except (EOFError, OSError):
-                    results[i] = ("error", f"the reward worker process died (exit code {w.proc.wait()})")
+                    code = w.proc.wait()
+                    results[i] = ("error", f"the reward worker process died (exit code {code})")
+                    print(f"reward worker {w.proc.pid} (term {', '.join(self.specs)}) died during a call (exit code "
+                          f"{code}); started a fresh one; the call's samples are retried one by one",
+                          file=sys.stderr, flush=True)
                     self.workers[k] = _Worker(self.specs, self.memory_mb)
                 except Exception as e:  # noqa: BLE001 - a reply that cannot be read: drop that worker
                     results[i] = ("error", f"the reward worker's reply cannot be read ({type(e).__name__}: {e})")

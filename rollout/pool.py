@@ -30,6 +30,7 @@ sample mixes versions.
 from __future__ import annotations
 
 import socket
+import sys
 from collections import deque
 from collections.abc import Sequence
 
@@ -196,13 +197,17 @@ class RolloutPool:
             load[i] -= 1
             try:
                 results[c] = ray.get(ready[0])
-            except ray.exceptions.RayActorError:
+            except ray.exceptions.RayActorError as err:
                 lost = [c] + [cc for ref, (ii, cc) in list(in_flight.items()) if ii == i]
                 for ref in [r for r, (ii, _) in in_flight.items() if ii == i]:
                     del in_flight[ref]
                 load[i] = 0
                 pending.extendleft(sorted(lost, reverse=True))
                 self._replace(i)
+                why = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+                print(f"rollout worker {i} died mid-step ({why}); re-created it (restart {self.restarts[i]} of "
+                      f"{self.max_restarts}) and re-queued its {len(lost)} chunk(s) of {len(chunks)}: no sample lost "
+                      "or repeated", file=sys.stderr, flush=True)
         return [t for chunk in results for t in chunk]  # type: ignore[union-attr]
 
     def shutdown(self) -> None:

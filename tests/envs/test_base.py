@@ -190,11 +190,14 @@ def test_parse_turn_is_linear_in_repeated_markers():
 
     from envs.base import parse_turn
 
-    def seconds(text: str) -> float:
-        start = time.perf_counter()
-        turn = parse_turn(text)
+    def seconds(text: str) -> float:  # best of 3: a shared machine's load only adds time
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            turn = parse_turn(text)
+            best = min(best, time.perf_counter() - start)
         assert turn.calls and all(c.error and "unparseable" not in c.error for c in turn.calls)
-        return time.perf_counter() - start
+        return best
     for unit in ("<tool_call>", "</tool_call>", "<tool_call>x"):
         small, big = seconds(unit * 20_000), seconds(unit * 80_000)  # ~1 MB: 39 s when quadratic
-        assert big < 8 * small + 0.5, (unit, small, big)  # 4x the text: ~4x the time, not 16x
+        assert big < 10 * small + 0.3, (unit, small, big)  # 4x the text: ~4-6x the time, not 16x

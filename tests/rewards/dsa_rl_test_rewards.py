@@ -87,3 +87,8 @@ def numpy_scalar(prompts, completions, **fields):
 def hog_memory(prompts, completions, **fields):
     x = bytearray(2 << 30)  # 2 GB
     return [float(len(x) > 0)] * len(completions)
+
+
+def slow_one(prompts, completions, **fields):
+    time.sleep(1.0)
+    return [1.0] * len(completions)

@@ -239,3 +239,24 @@ def test_reward_workers_have_a_memory_cap():
     res = runner.score(["q"], ["x"])
     runner.close()
     assert res.per_term["hog"] == [0.0] and "MemoryError" in res.errors[0].reason, res.errors
+
+
+def test_a_reward_worker_killed_mid_batch(capfd):
+    """SIGKILL of a worker in the middle of its chunk: a line says so, its samples are re-scored by
+    a fresh worker, nothing is lost, scored twice or left running."""
+    import os
+    import signal
+
+    runner = RewardRunner({"slow": term("slow_one")}, timeout_s=10, num_workers=2, max_error_rate=1.0)
+    runner.score(["q"], ["warm"])
+    victim = runner._procs["slow"].workers[0].proc
+    killer = threading.Timer(0.4, os.kill, (victim.pid, signal.SIGKILL))
+    killer.start()
+    res = runner.score(["q"] * 4, ["a", "b", "c", "d"])
+    killer.join()
+    assert victim.poll() == -signal.SIGKILL
+    assert res.errors == [] and res.per_term["slow"] == [1.0] * 4
+    err = capfd.readouterr().err
+    assert f"reward worker {victim.pid} (term slow) died during a call" in err
+    runner.close()
+    assert all(w.proc.poll() is not None for w in runner._procs["slow"].workers)

@@ -189,3 +189,36 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_intact_previous_one(tmp
     (tmp_path / "step_00000001" / "meta.pt").unlink()
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         fresh.load(tmp_path)
+
+
+@pytest.mark.slow
+def test_trainer_killed_while_writing_a_checkpoint_resumes_from_the_last_intact_one(tmp_path, trajs):
+    """SIGKILL lands in the middle of saving step 2 (a torn meta.pt in the partial directory):
+    resume picks step 1, verified by its checksums, with exactly the weights it had."""
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parents[1])}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    child = subprocess.Popen([sys.executable, str(HERE / "_ckpt_child.py"), str(tmp_path), "0", "mid-save"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        for line in child.stdout:
+            if line.strip() == "WRITING":
+                break
+        else:
+            pytest.fail(f"child exited with {child.wait()} before writing step 2")
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert (tmp_path / ".partial-step_00000002" / "meta.pt").read_bytes() == b"half a pickle"
+    assert checkpoint.find_intact(tmp_path) == ("step_00000001", [])  # every file matches its checksum
+    assert (tmp_path / "step_00000001" / checkpoint.CHECKSUMS).exists()
+    resumed = Trainer(fx.tiny_policy, fx.algo(), fx.ds(0))
+    step, extra = resumed.load(tmp_path)
+    assert (step, extra) == (1, {"sampler": {"epoch": 3, "index": 17}})
+    one = Trainer(fx.tiny_policy, fx.algo(), fx.ds(0))
+    one.train_step(trajs, fx.fixed_advantages(len(trajs), seed=1))
+    want = one.export_state_dict()
+    for k, v in resumed.export_state_dict().items():
+        assert torch.equal(v, want[k]), k

@@ -55,7 +55,8 @@ MAX_DEPTH = 200
 
 def _install_audit_hook(read_roots: tuple) -> None:
     """Layer 2 in the candidate. Everything the hook needs is bound at definition time (defaults),
-    and it refuses rebinding a function's code or defaults, so module globals cannot turn it off."""
+    so module globals cannot turn it off; it refuses rebinding a function's ``__code__`` and the
+    ``gc`` walks that would find it. Still a speed bump: the verdict and the walls are elsewhere."""
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
     def hook(event, args, _blocked=BLOCKED_EVENTS, _realpath=os.path.realpath, _fsdecode=os.fsdecode,
@@ -63,7 +64,7 @@ def _install_audit_hook(read_roots: tuple) -> None:
              _writes=(WORK, TMP, "/dev/null"), _str=str, _int=int, _any=any, _err=PermissionError):
         if event.startswith(_blocked):
             raise _err(f"sandbox: {event} is not allowed")
-        if event == "object.__setattr__" and args[1] in ("__code__", "__defaults__", "__kwdefaults__"):
+        if event == "object.__setattr__" and args[1] == "__code__":
             raise _err(f"sandbox: setting {args[1]} is not allowed")
         if event == "open":
             path, mode, flags = args
@@ -108,6 +109,8 @@ def _encode(v, ref, depth=0):
             return [tag, [_encode(x, ref, d) for x in base.__iter__(v)]]
     if isinstance(v, dict):
         return ["D", [[_encode(k, ref, d), _encode(x, ref, d)] for k, x in dict.items(v)]]
+    if type(v).__module__ == "numpy" and hasattr(v, "tolist"):  # numpy scalars and arrays, as data
+        return _encode(v.tolist(), ref, d)
     return ref(v)
 
 

@@ -128,3 +128,17 @@ def test_honest_programs_score_one(audit):
     for name, (code, tests) in HONEST.items():
         report = run_tests(code, tests, limits)
         assert report.all_passed, (name, report)
+
+
+def test_numpy_values_cross_as_plain_data():
+    """A program using numpy (bound read-only with extra_ro_paths) returns np.int64 / arrays: the
+    tests see genuine ints and lists."""
+    np = pytest.importorskip("numpy")
+    import os
+
+    site = os.path.dirname(os.path.dirname(np.__file__))
+    code = (f"import sys\nsys.path.insert(0, {site!r})\nimport numpy as np\n"
+            "def f(x):\n    return np.int64(2 * x)\ndef g():\n    return np.arange(3)\n")
+    limits = SandboxLimits(extra_ro_paths=(site,), memory_mb=1024, audit_hooks=False, **FAST)
+    report = run_tests(code, ["assert f(2) == 4 and type(f(2)) is int", "assert g() == [0, 1, 2]"], limits)
+    assert report.all_passed, report

@@ -108,7 +108,7 @@ def test_sleep_forever_in_processes_leaks_nothing():
     for _ in range(3):
         start = time.monotonic()
         res = runner.score(["q"] * 2, ["a", "b"])
-        assert time.monotonic() - start < 0.3 + 1.5
+        assert time.monotonic() - start < 2 * 0.3 + 1.5  # the chunk's budget, then the per-sample one
         assert [e.kind for e in res.errors] == ["timeout", "timeout"]
         seen |= {w.proc for w in runner._procs["hang"].workers}
     alive = [p for p in seen if p.poll() is None]

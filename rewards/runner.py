@@ -21,7 +21,7 @@ How a step runs (the guarantees the loop relies on):
 * **Values**: whatever a reward returns (a numpy 0-d array, an int too large for a float, an
   object whose ``__float__`` raises, one that cannot be pickled or unpickled) scores 0 with a
   reason; a worker checks the values itself and sends back plain floats and texts only.
-* **Memory**: worker processes run under RLIMIT_AS ``memory_mb`` (4 GB by default).
+* **Memory**: worker processes run under RLIMIT_AS ``memory_mb`` (``rewards.worker_memory_mb``).
 * **Errors** (an exception, a timeout, a wrong-length or non-list result, a None / NaN / inf /
   non-number value) make that (term, sample) score 0 and are recorded. ``on_error="raise"`` stops
   at the first with :class:`RewardError`; ``"count"`` continues unless the step's error rate
@@ -222,8 +222,9 @@ class RewardRunner:
         isolation: ``"process"`` or ``"thread"``.
         max_hung: thread mode: abandoned (hung) calls tolerated before refusing new calls.
         startup_timeout_s: how long a worker process may take to import its rewards.
-        memory_mb: address-space cap (RLIMIT_AS) of each worker process; 0 = none. A reward past
-            it gets MemoryError (or its worker dies): an error for its samples, not for the trainer.
+        memory_mb: address-space cap (RLIMIT_AS) of each worker process; 0 = none (``rl.train``
+            passes ``rewards.worker_memory_mb``, 4 GB). A reward past it gets MemoryError (or its
+            worker dies): an error for its samples, not for the trainer.
         error_log: a JSONL file that gets one line per failed (term, sample), with the sample's
             texts and the reason; every step with errors also prints one line to stderr.
 
@@ -236,7 +237,7 @@ class RewardRunner:
     def __init__(self, terms: Mapping[str, Mapping[str, Any]] | Sequence[RewardTerm], timeout_s: float = 10.0,
                  num_workers: int = 2, on_error: str = "count", max_error_rate: float = 0.5,
                  isolation: str = "process", max_hung: int | None = None,
-                 startup_timeout_s: float = 120.0, memory_mb: int = 4096, error_log: str | None = None) -> None:
+                 startup_timeout_s: float = 120.0, memory_mb: int = 0, error_log: str | None = None) -> None:
         if on_error not in ("count", "raise"):
             raise ValueError(f"on_error must be 'count' or 'raise', got {on_error!r}")
         if isolation not in ("process", "thread"):

@@ -121,6 +121,24 @@ def format_turn(reasoning: str | None, content: str, calls: Sequence[tuple[str, 
     return head + content + "".join(format_tool_call(n, a) for n, a in calls)
 
 
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether any string in a decoded JSON value (keys included) holds a lone surrogate."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
 def _parse_call(raw: str) -> ToolCall:
     try:
         obj = json.loads(raw)
@@ -141,6 +159,9 @@ def _parse_call(raw: str) -> ToolCall:
         args = {}
     if not isinstance(args, dict):
         return ToolCall(name, {}, raw, f'"arguments" of {name} must be a JSON object')
+    if _has_lone_surrogate(obj):
+        return ToolCall("", {}, raw, "tool call contains a \\u escape of a lone surrogate "
+                        "(half of a UTF-16 pair), which is not text; escape whole characters")
     extra = sorted(set(obj) - {"name", "arguments"})
     if extra:
         return ToolCall(name, args, raw, f"tool call has unexpected keys {extra}")
@@ -174,9 +195,25 @@ def _parse_turn(text: str) -> ParsedTurn:
         reasoning, rest = body[:end], body[end + len(THINK_CLOSE):]
     content, calls = [], []
     pos = 0
+    # Next marker positions, searched again only once passed: each scan starts where the last one
+    # found its marker, so the whole turn is read a bounded number of times (linear, not quadratic).
+    nxt_open, nxt_close = -2, -2
+
+    def find_open(at: int) -> int:
+        nonlocal nxt_open
+        if nxt_open != -1 and nxt_open < at:
+            nxt_open = rest.find(CALL_OPEN, at)
+        return nxt_open
+
+    def find_close(at: int) -> int:
+        nonlocal nxt_close
+        if nxt_close != -1 and nxt_close < at:
+            nxt_close = rest.find(CALL_CLOSE, at)
+        return nxt_close
+
     while True:
-        i = rest.find(CALL_OPEN, pos)
-        j = rest.find(CALL_CLOSE, pos)
+        i = find_open(pos)
+        j = find_close(pos)
         if j >= 0 and (i < 0 or j < i):  # a close without an open
             content.append(rest[pos:j])
             calls.append(ToolCall("", {}, "", f"stray {CALL_CLOSE} without {CALL_OPEN}"))
@@ -187,8 +224,8 @@ def _parse_turn(text: str) -> ParsedTurn:
             break
         content.append(rest[pos:i])
         start = i + len(CALL_OPEN)
-        end = rest.find(CALL_CLOSE, start)
-        nxt = rest.find(CALL_OPEN, start)
+        end = find_close(start)
+        nxt = find_open(start)
         if end < 0 or (0 <= nxt < end):
             stop = nxt if nxt >= 0 else len(rest)
             calls.append(ToolCall("", {}, rest[start:stop], f"unclosed {CALL_OPEN} (no {CALL_CLOSE})"))

@@ -12,7 +12,8 @@ Standard library only (it runs under ``-I -S`` and must not import the project).
    and detach the old root, so no host path is reachable.
 3. Drop privileges: as root, switch to a dedicated uid/gid (``UID_BASE + launcher pid``, unique
    among live sandboxes, so RLIMIT_NPROC counts only this sandbox's processes) with no
-   supplementary groups; set ``no_new_privs``; apply the rlimits; ``exec`` the interpreter.
+   supplementary groups; set ``no_new_privs``; apply the rlimits; install the seccomp filters
+   the host built (``rewards/_seccomp.py``); ``exec`` the interpreter.
 
 Exit status: the child's status (``128 + signal`` when killed); 125 and a line starting with
 ``SANDBOX_SETUP_ERROR:`` on stderr when the sandbox could not be built.
@@ -31,7 +32,8 @@ CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
 MNT_DETACH = 2
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP = 1, 38, 24
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP, PR_SET_SECCOMP = 1, 38, 24, 22
+SECCOMP_MODE_FILTER = 2
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 SETUP_ERROR_EXIT = 125
 UID_BASE = 2_000_000
@@ -136,6 +138,19 @@ def _drop_privileges(cfg: dict) -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def _install_seccomp(filters: list) -> None:
+    """Install each classic-BPF program (hex of ``struct sock_filter``s); needs no_new_privs first."""
+    for hex_prog in filters:
+        prog = bytes.fromhex(hex_prog)
+        buf = ctypes.create_string_buffer(prog, len(prog))
+        fprog = _SockFprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
+        _check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp filter")
+
+
 def _write_id_maps(uid: int, gid: int) -> None:
     with open("/proc/self/setgroups", "w") as f:
         f.write("deny")
@@ -169,6 +184,7 @@ def main() -> int:
             _build_root(cfg)
             libc.sethostname(b"sandbox", 7)
             _drop_privileges(cfg)
+            _install_seccomp(cfg["seccomp"])
             env = {"PATH": "/usr/bin:/bin", "HOME": "/sandbox", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
                    "PYTHONIOENCODING": "utf-8"}
             os.execve(cfg["argv"][0], cfg["argv"], env)

@@ -5,8 +5,11 @@ Talks to its parent over the socket ``FD`` with pickled tuples:
 * parent -> worker: ``("init", sys_path, specs)`` once (specs: ``{term: (kind, value)}``, resolved
   at once so heavy imports happen before the first step), then ``("call", call_id, term, kwargs,
   prompts, completions, fields, timeout_s)``.
-* worker -> parent: ``("ready",)`` or ``("init_error", text)``, then ``("result", call_id, "ok",
-  values)`` or ``("result", call_id, "error", text)``.
+* worker -> parent: ``("ready",)`` or ``("init_error", text)``, then ``("result", call_id,
+  "checked", (problem, per_sample))`` (plain floats and texts, see ``runner.check_values``) or
+  ``("result", call_id, "error", text)``.
+
+``python -m rewards._worker FD MEMORY_MB``: the worker caps its address space first (0 = no cap).
 
 Calls run on the worker's main thread (so libraries that time themselves out with SIGALRM, like
 math-verify, can). A call that hangs is not the worker's problem: the parent kills the whole
@@ -14,6 +17,7 @@ process group at the deadline and starts a fresh worker.
 """
 from __future__ import annotations
 
+import resource
 import sys
 import traceback
 from multiprocessing.connection import Connection
@@ -28,11 +32,14 @@ def _describe(exc: BaseException) -> str:
 
 def main() -> None:
     conn = Connection(int(sys.argv[1]))
+    memory_mb = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    if memory_mb > 0:  # before any reward is imported: everything the worker allocates counts
+        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
     _, sys_path, specs = conn.recv()
     sys.path[:] = list(sys_path)
     try:
         from rewards.registry import load_reward
-        from rewards.runner import invoke_reward
+        from rewards.runner import check_values, invoke_reward
 
         fns = {term: load_reward(**{kind: value}) for term, (kind, value) in specs.items()}
         for fn in fns.values():
@@ -51,10 +58,10 @@ def main() -> None:
         _, call_id, term, kwargs, prompts, completions, fields, timeout_s = msg
         try:
             values = invoke_reward(fns[term], prompts, completions, fields, kwargs, timeout_s)
-            try:
-                conn.send(("result", call_id, "ok", values))
-            except Exception as e:  # noqa: BLE001 - e.g. an unpicklable return value
-                conn.send(("result", call_id, "error", f"returned an object that cannot be sent back: {e}"))
+            # Checked here: only plain floats and texts cross back (no object of the reward's is
+            # unpickled in the trainer).
+            checked = check_values(values, len(completions))
+            conn.send(("result", call_id, "checked", checked))
         except BaseException as e:  # noqa: BLE001 - the reward's own failure
             conn.send(("result", call_id, "error", _describe(e)))
 

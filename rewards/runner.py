@@ -11,9 +11,17 @@ How a step runs (the guarantees the loop relies on):
   once, and the calling thread only waits.
 * **Deadline**: every call of a step shares one deadline, ``timeout_s`` after the step starts
   (calls still queued then are timed out too). A call that raised or returned a malformed list
-  on a chunk of several samples is retried sample by sample to find the offending sample; the
-  retries share a second deadline of ``timeout_s``. So ``score`` returns within about
+  or timed out on a chunk of several samples is retried sample by sample to find the offending
+  sample; the retries share a second deadline of ``timeout_s``, and in worker processes each
+  retried sample may use its share (``timeout_s * num_workers / retries``) before its worker is
+  killed, so a hanging sample zeroes only itself. So ``score`` returns within about
   ``2 * timeout_s`` whatever the rewards do: ``timeout_s`` is a per-batch budget.
+* **Shown**: a step with errors prints one line to stderr; with ``error_log`` every failed
+  (term, sample) is appended there as a JSON line with the sample's texts and the reason.
+* **Values**: whatever a reward returns (a numpy 0-d array, an int too large for a float, an
+  object whose ``__float__`` raises, one that cannot be pickled or unpickled) scores 0 with a
+  reason; a worker checks the values itself and sends back plain floats and texts only.
+* **Memory**: worker processes run under RLIMIT_AS ``memory_mb`` (``rewards.worker_memory_mb``).
 * **Errors** (an exception, a timeout, a wrong-length or non-list result, a None / NaN / inf /
   non-number value) make that (term, sample) score 0 and are recorded. ``on_error="raise"`` stops
   at the first with :class:`RewardError`; ``"count"`` continues unless the step's error rate
@@ -37,26 +45,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
+import json
 import math
-import os
-import pickle
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from rewards.backends import Outcome, ProcessBackend, ThreadBackend
 from rewards.registry import RewardFn, import_callable, load_reward
-
-Outcome = tuple[str, Any]
-"""``("ok", raw_values)``, ``("error", text)`` or ``("timeout", text)`` for one call."""
 
 
 class RewardError(RuntimeError):
@@ -184,186 +184,26 @@ class _Call:
     indices: list[int]
 
 
-class _ThreadBackend:
-    """Calls in daemon threads; hung ones are abandoned, counted and capped at ``max_hung``."""
+def check_values(raw: Any, k: int) -> tuple[str | None, list[float | str]]:
+    """Validate a reward's return for a chunk of ``k``: (whole-call problem, per-sample value or problem).
 
-    def __init__(self, num_workers: int, max_hung: int) -> None:
-        self.num_workers, self.max_hung = num_workers, max_hung
-        self.hung: list[threading.Thread] = []
-        self._lock = threading.Lock()  # several terms run at once, each through run()
-
-    def run(self, jobs: list[Callable[[float], Any]], deadline: float) -> list[Outcome]:
-        with self._lock:
-            self.hung = [t for t in self.hung if t.is_alive()]
-            n_hung = len(self.hung)
-        if n_hung >= self.max_hung:
-            why = (f"{n_hung} reward calls from earlier steps are still running past their timeout "
-                   "(threads cannot be killed); refusing to start more. Fix the hanging reward or use "
-                   "isolation='process'")
-            return [("error", why)] * len(jobs)
-        results: list[Outcome | None] = [None] * len(jobs)
-        queue = collections.deque(range(len(jobs)))
-        busy: dict[threading.Thread, int] = {}
-        cond = threading.Condition()
-        stopped = False
-
-        def work() -> None:
-            me = threading.current_thread()
-            while True:
-                with cond:
-                    if stopped or not queue:
-                        return
-                    i = queue.popleft()
-                    busy[me] = i
-                try:
-                    out: Outcome = ("ok", jobs[i](deadline))
-                except asyncio.TimeoutError:
-                    out = ("timeout", "async reward cancelled at the deadline")
-                except BaseException as e:  # noqa: BLE001 - the reward's failure, recorded per sample
-                    out = ("error", f"{type(e).__name__}: {e}")
-                with cond:
-                    busy.pop(me, None)
-                    if not stopped:
-                        results[i] = out
-                    cond.notify_all()
-
-        threads = [threading.Thread(target=work, daemon=True, name=f"reward-{k}")
-                   for k in range(min(self.num_workers, len(jobs)))]
-        for t in threads:
-            t.start()
-        with cond:
-            while any(r is None for r in results) and time.monotonic() < deadline:
-                cond.wait(timeout=max(0.0, deadline - time.monotonic()))
-            stopped = True
-            abandoned = list(busy)
-        with self._lock:
-            self.hung += abandoned
-        return [r if r is not None else ("timeout", "did not finish before the step's deadline") for r in results]
-
-
-class _Worker:
-    """One reward worker process (``python -m rewards._worker``) and its socket."""
-
-    def __init__(self, specs: dict[str, tuple[str, str]]) -> None:
-        parent, child = socket.socketpair()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        self.proc = subprocess.Popen([sys.executable, "-m", "rewards._worker", str(child.fileno())],
-                                     pass_fds=(child.fileno(),), start_new_session=True, env=env)
-        child.close()
-        self.conn = Connection(parent.detach())
-        self.conn.send(("init", list(sys.path), specs))
-        self.ready = False
-        self.init_error: str | None = None
-
-    def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the worker and anything it started
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-        self.conn.close()
-
-
-class _ProcessBackend:
-    """Calls in ``num_workers`` worker processes; a worker busy at the deadline is killed and replaced."""
-
-    def __init__(self, num_workers: int, specs: dict[str, tuple[str, str]], startup_timeout_s: float) -> None:
-        self.specs, self.startup_timeout_s = specs, startup_timeout_s
-        self.workers = [_Worker(specs) for _ in range(num_workers)]
-        self.call_id = 0
-        self._finalizer = weakref.finalize(self, _kill_all, self.workers)
-
-    def _await_ready(self) -> None:
-        end = time.monotonic() + self.startup_timeout_s
-        for k, w in enumerate(self.workers):
-            while not w.ready and w.init_error is None:
-                if not w.conn.poll(max(0.0, end - time.monotonic())):
-                    w.init_error = f"the reward worker did not start within {self.startup_timeout_s} s"
-                    break
-                try:
-                    msg = w.conn.recv()
-                except EOFError:
-                    w.init_error = f"the reward worker exited while starting (exit code {w.proc.wait()})"
-                    break
-                w.ready = msg[0] == "ready"
-                w.init_error = None if w.ready else msg[1]
-
-    def prepare(self) -> None:
-        """Wait until every worker has imported its rewards (outside the step's deadline)."""
-        self._await_ready()
-        for k, w in enumerate(self.workers):
-            if w.init_error is not None:  # a start-up failure: try a fresh worker once per step
-                w.kill()
-                self.workers[k] = _Worker(self.specs)
-        self._await_ready()
-
-    def run(self, payloads: list[tuple[str, dict, list, list, dict]], deadline: float) -> list[Outcome]:
-        results: list[Outcome | None] = [None] * len(payloads)
-        queue = collections.deque(range(len(payloads)))
-        running: dict[int, tuple[int, int]] = {}  # worker index -> (call id, payload index)
-        while queue or running:
-            for k, w in enumerate(self.workers):
-                if queue and k not in running:
-                    if not w.ready:
-                        i = queue.popleft()
-                        results[i] = ("error", f"reward worker unavailable: {w.init_error}")
-                        continue
-                    i = queue.popleft()
-                    self.call_id += 1
-                    term, kwargs, prompts, completions, fields = payloads[i]
-                    try:
-                        w.conn.send(("call", self.call_id, term, kwargs, prompts, completions, fields,
-                                     max(0.0, deadline - time.monotonic())))
-                    except (pickle.PicklingError, TypeError, AttributeError) as e:
-                        results[i] = ("error", f"prompts/completions/fields cannot be sent to a worker: {e}")
-                        continue
-                    running[k] = (self.call_id, i)
-            if not running:
-                continue
-            ready = wait([self.workers[k].conn for k in running], timeout=max(0.0, deadline - time.monotonic()))
-            for k in list(running):
-                w = self.workers[k]
-                if w.conn not in ready:
-                    continue
-                call_id, i = running.pop(k)
-                try:
-                    _, got_id, status, value = w.conn.recv()
-                    results[i] = (status, value) if got_id == call_id else ("error", "internal: stale worker reply")
-                except (EOFError, OSError):
-                    results[i] = ("error", f"the reward worker process died (exit code {w.proc.wait()})")
-                    self.workers[k] = _Worker(self.specs)
-            if time.monotonic() >= deadline and running:
-                for k, (_, i) in running.items():  # hung: kill the worker's process group, start afresh
-                    results[i] = ("timeout", "did not finish before the step's deadline (worker killed)")
-                    self.workers[k].kill()
-                    self.workers[k] = _Worker(self.specs)
-                running.clear()
-                for i in queue:
-                    results[i] = ("timeout", "still queued at the step's deadline")
-                queue.clear()
-        return [r if r is not None else ("error", "internal: no result") for r in results]
-
-    def close(self) -> None:
-        self._finalizer()
-
-
-def _kill_all(workers: list[_Worker]) -> None:
-    for w in workers:
-        w.kill()
-
-
-def _check_values(raw: Any, k: int) -> tuple[str | None, list[float | str]]:
-    """Validate a reward's return for a chunk of ``k``: (whole-call problem, per-sample value or problem)."""
+    Never raises: whatever the reward returned (a numpy 0-d array, an int too large for a float,
+    an object whose ``__len__``/``__iter__``/``__float__`` raises) becomes a problem text.
+    """
     if isinstance(raw, (str, bytes, dict)) or not hasattr(raw, "__len__") or not hasattr(raw, "__iter__"):
         return f"returned a {type(raw).__name__}, expected a list of {k} floats", []
-    if len(raw) != k:
-        return f"returned {len(raw)} values for {k} samples", []
+    try:
+        items = list(raw)
+    except Exception as e:  # noqa: BLE001 - e.g. iterating a numpy 0-d array
+        return f"returned a {type(raw).__name__} that cannot be read as a list ({type(e).__name__}: {e})", []
+    if len(items) != k:
+        return f"returned {len(items)} values for {k} samples", []
     out: list[float | str] = []
-    for v in raw:
+    for v in items:
         try:
             f = float(v)
-        except (TypeError, ValueError):
-            out.append(f"value {v!r} is not a number")
+        except Exception as e:  # noqa: BLE001 - OverflowError, a raising __float__, ...
+            out.append(f"value of type {type(v).__name__} is not a number ({type(e).__name__}: {str(e)[:80]})")
             continue
         out.append(f if math.isfinite(f) else f"value is {f}")
     return None, out
@@ -382,6 +222,11 @@ class RewardRunner:
         isolation: ``"process"`` or ``"thread"``.
         max_hung: thread mode: abandoned (hung) calls tolerated before refusing new calls.
         startup_timeout_s: how long a worker process may take to import its rewards.
+        memory_mb: address-space cap (RLIMIT_AS) of each worker process; 0 = none (``rl.train``
+            passes ``rewards.worker_memory_mb``, 4 GB). A reward past it gets MemoryError (or its
+            worker dies): an error for its samples, not for the trainer.
+        error_log: a JSONL file that gets one line per failed (term, sample), with the sample's
+            texts and the reason; every step with errors also prints one line to stderr.
 
     >>> runner = RewardRunner({"len": {"name": "length_penalty", "kwargs": {"target": 2}}},
     ...                       timeout_s=5, num_workers=1, isolation="thread")
@@ -392,7 +237,7 @@ class RewardRunner:
     def __init__(self, terms: Mapping[str, Mapping[str, Any]] | Sequence[RewardTerm], timeout_s: float = 10.0,
                  num_workers: int = 2, on_error: str = "count", max_error_rate: float = 0.5,
                  isolation: str = "process", max_hung: int | None = None,
-                 startup_timeout_s: float = 120.0) -> None:
+                 startup_timeout_s: float = 120.0, memory_mb: int = 0, error_log: str | None = None) -> None:
         if on_error not in ("count", "raise"):
             raise ValueError(f"on_error must be 'count' or 'raise', got {on_error!r}")
         if isolation not in ("process", "thread"):
@@ -411,10 +256,14 @@ class RewardRunner:
         specs = {t.name: t.spec or _importable_spec(t.fn) for t in self.terms} if isolation == "process" else {}
         in_process = {name: spec for name, spec in specs.items() if spec is not None}
         # Per term too: a term whose hung threads reach max_hung is refused, the others go on.
-        self._threads = {t.name: _ThreadBackend(num_workers, max_hung if max_hung is not None else 2 * num_workers)
+        self._threads = {t.name: ThreadBackend(num_workers, max_hung if max_hung is not None else 2 * num_workers)
                          for t in self.terms if t.name not in in_process}
         # One pool of worker processes per term, so a hanging term never holds up the others.
-        self._procs = {name: _ProcessBackend(num_workers, {name: spec}, startup_timeout_s)
+        if memory_mb < 0:
+            raise ValueError(f"memory_mb must be >= 0 (0 = no cap), got {memory_mb}")
+        self.error_log = error_log
+        self._step = 0
+        self._procs = {name: ProcessBackend(num_workers, {name: spec}, startup_timeout_s, memory_mb)
                        for name, spec in in_process.items()}
         self.num_workers = num_workers
         for t in self.terms:  # rewards that run here: do their slow set-up now, not in step 1
@@ -461,13 +310,32 @@ class RewardRunner:
                 problem = self._record(call, outcome, values, ok, errors, prompts, completions, final=False)
                 if problem:
                     retry += [_Call(call.term, [i]) for i in call.indices]
-            for call, outcome in zip(retry, self._execute(retry, prompts, completions, fields)):
+            # Per sample, each with an equal share of a second budget: a sample that hangs is cut
+            # at its share and zeroes only itself; the healthy samples of its chunk are scored.
+            n_retry = collections.Counter(c.term for c in retry)
+            share = {ti: self.timeout_s * self.num_workers / n for ti, n in n_retry.items()}
+            for call, outcome in zip(retry, self._execute(retry, prompts, completions, fields, share)):
                 self._record(call, outcome, values, ok, errors, prompts, completions, final=True)
         errors.sort(key=lambda e: (e.index, e.term))
         totals = [sum(t.weight * values[t.name][i] for t in self.terms) + 0.0 for i in range(b)]
         result = RewardResult(totals, values, ok, errors, time.monotonic() - start)
+        self._step += 1
+        self._report(result)
         self._maybe_raise(result)
         return result
+
+    def _report(self, result: RewardResult) -> None:
+        """Show a step's errors: one console line, and every error with its sample in ``error_log``."""
+        if not result.errors:
+            return
+        kinds = collections.Counter(e.kind for e in result.errors)
+        where = f"; all in {self.error_log}" if self.error_log else ""
+        print(f"reward errors in scoring call {self._step}: {result.num_errors} failed (term, sample) "
+              f"pair(s) ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}); first: "
+              f"{result.errors[0]}{where}", file=sys.stderr, flush=True)
+        if self.error_log:
+            with open(self.error_log, "a", encoding="utf-8", errors="replace") as f:
+                f.writelines(json.dumps({"call": self._step, **asdict(e)}, ensure_ascii=True) + "\n" for e in result.errors)
 
     def submit(self, prompts: Sequence[Any], completions: Sequence[str],
                fields: Mapping[str, Sequence[Any]] | None = None) -> Future[RewardResult]:
@@ -492,7 +360,7 @@ class RewardRunner:
     # -- internals --------------------------------------------------------------------------
 
     def _execute(self, calls: list[_Call], prompts: list, completions: list,
-                 fields: dict[str, list]) -> list[Outcome]:
+                 fields: dict[str, list], per_call_s: dict[int, float] | None = None) -> list[Outcome]:
         """Run calls on their backends under one deadline; outcomes in call order."""
         if not calls:
             return []
@@ -518,7 +386,8 @@ class RewardRunner:
             term = self.terms[ti]
             if term.name in self._procs:
                 payloads = [(term.name, term.kwargs, *sliced(calls[j])) for j in positions]
-                outs = self._procs[term.name].run(payloads, deadline)  # type: ignore[arg-type]
+                outs = self._procs[term.name].run(payloads, deadline,  # type: ignore[arg-type]
+                                                  (per_call_s or {}).get(ti))
             else:
                 outs = self._threads[term.name].run([thread_job(calls[j]) for j in positions], deadline)
             for j, out in zip(positions, outs):
@@ -538,8 +407,8 @@ class RewardRunner:
         """Store a call's values or errors; True when the call should be retried per sample."""
         term = self.terms[call.term]
         status, payload = outcome
-        if status == "ok":
-            problem, per_sample = _check_values(payload, len(call.indices))
+        if status in ("ok", "checked"):  # "checked": a worker already ran check_values (plain data)
+            problem, per_sample = payload if status == "checked" else check_values(payload, len(call.indices))
             if problem is None:
                 for i, v in zip(call.indices, per_sample):
                     if isinstance(v, str):
@@ -550,7 +419,9 @@ class RewardRunner:
             kind, reason = "bad_output", problem
         elif status == "timeout":
             kind, reason = "timeout", f"{payload} (timeout_s={self.timeout_s})"
-            final = True  # retrying a hanging reward would only stall the step again
+            # A hung thread cannot be killed: retrying would leak more. Worker processes are killed,
+            # so their chunk is retried per sample and only the hanging sample scores 0.
+            final = final or term.name not in self._procs
         else:
             kind, reason = ("worker" if "worker" in str(payload) else "exception"), str(payload)
         if not final and len(call.indices) > 1:

@@ -18,23 +18,27 @@ Threat model (what holds, by layer):
 * **Processes** (kernel): a new PID namespace; the harness is its PID 1, so when it exits or the
   host kills the launcher's process group at the wall timeout, every process inside dies. A
   dedicated uid per sandbox makes RLIMIT_NPROC a per-sandbox cap (fork bombs stop there).
-* **Resources** (rlimits, per process): CPU seconds, address space (memory bombs get
-  MemoryError or die), file size, open files, no core dumps; plus the wall timeouts (per test in
-  the harness, per run on the host) and the tmpfs size / inode caps.
-* **Second layer** (Python audit hooks, on by default): refuse sockets, subprocesses, fork/exec,
-  ctypes and ``open`` outside the work dirs before the kernel has to. Bypassable by native code;
-  the tests run the attacks with the hooks both on and off.
+* **Resources**: a seccomp filter (``rewards/_seccomp.py``, installed before the interpreter
+  starts, so no Python or native code can lift it) makes each candidate one process (no fork,
+  vfork or non-thread clone) and refuses the memory that RLIMIT_AS does not count (SysV shared
+  memory, semaphores and message queues, POSIX queues, ``memfd_create``) plus sockets, new
+  namespaces, mounts, ``ptrace``, ``bpf``, ``io_uring``, keyrings. So a candidate holds at most
+  ``memory_mb`` (RLIMIT_AS) + ``tmpfs_mb`` (its filesystem) of host memory, and all of it is
+  freed when the run ends. Plus CPU seconds, file size, open files, no core dumps, and the wall
+  timeouts (per test in the harness, per run on the host).
+* **Verdicts** (asserts mode): the tests run in a trusted tester process, never in the
+  candidate's; values cross as plain data, so the candidate influences the verdict only through
+  the values its functions return (see ``_sandbox_harness.py``). In stdio mode the expected
+  outputs never enter the candidate's process (fresh interpreter, spec file deleted).
+* **Second layer** (Python audit hooks, on by default): refuse sockets, subprocesses, ctypes and
+  ``open`` outside the work dirs in the candidate. A speed bump, not a wall: the tests run every
+  attack with the hooks on and off.
 
-Not covered: kernel exploits and side channels; CPU/memory pressure on other processes between
-the limits (use cgroups, not available on our no-systemd machines, to cap totals); the readable
-system libraries and stdlib are visible (public files, not secrets). Reward hacking: in
-*stdio* mode the expected outputs never enter the candidate's process (fresh interpreter, spec
-file deleted) and the harness compares them; in *asserts* mode the test code necessarily runs in
-the candidate's process, so a candidate that deliberately inspects its caller's frames or reads
-the nonce pipe itself could forge a pass (an early ``exit`` cannot). Non-root users get
-the same layout through a user namespace (where unprivileged user namespaces are enabled), but
-the code then runs as the calling user mapped to uid 0 with every capability dropped, and
-RLIMIT_NPROC counts that user's other processes too.
+Not covered: kernel exploits and side channels; CPU pressure on other processes within the
+limits; the readable system libraries and stdlib are visible (public files, not secrets); a
+candidate that hard-codes the answers the tests expect. Non-root users get the same layout
+through a user namespace (where unprivileged user namespaces are enabled), but the code then
+runs as the calling user mapped to uid 0 with every capability dropped.
 
 Requirements: Linux, root or unprivileged user namespaces (``unshare`` must be permitted: true
 as root in our CI containers). :func:`sandbox_support` says whether it works here and why not.
@@ -55,6 +59,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from rewards._seccomp import build_filter
 
 SETUP_ERROR_EXIT = 125
 SANDBOX_DIRS = ("/sandbox", "/tmp")
@@ -164,14 +170,26 @@ def _interpreter_binds() -> tuple[str, list[tuple[str, bool, bool]]]:
     return python, binds
 
 
+@functools.lru_cache(maxsize=2)
+def _seccomp_hex(candidate: bool) -> str:
+    try:
+        return build_filter(candidate).hex()
+    except ValueError as e:
+        raise SandboxUnavailable(f"cannot build the sandbox: {e}") from None
+
+
 def run_python(script: str, files: dict[str, str | bytes] | None = None,
-               limits: SandboxLimits | None = None, args: tuple[str, ...] = ()) -> SandboxResult:
+               limits: SandboxLimits | None = None, args: tuple[str, ...] = (),
+               single_process: bool = True) -> SandboxResult:
     """Run ``python -I -S -B /sandbox/<script>`` in the sandbox with ``files`` in ``/sandbox``.
 
+    ``single_process``: also install the candidate's seccomp filter (no fork: RLIMIT_AS then caps
+    everything the script can allocate); the test harness runs with False and forks its tests.
     Returns exit status, captured output (each capped by ``limits.file_mb``) and a reason when it
     failed. Raises :class:`SandboxUnavailable` when the sandbox itself cannot be built.
     """
     limits = limits or SandboxLimits()
+    filters = [_seccomp_hex(False)] + ([_seccomp_hex(True)] if single_process else [])
     python, binds = _interpreter_binds()
     binds = binds + [(p, os.path.isdir(p), False) for p in limits.extra_ro_paths]
     for path, _, _ in binds:
@@ -189,7 +207,7 @@ def run_python(script: str, files: dict[str, str | bytes] | None = None,
             (tmp / "files" / name).write_bytes(content.encode() if isinstance(content, str) else content)
         cfg = {"root": str(tmp / "root"), "files_dir": str(tmp / "files"), "binds": binds,
                "tmpfs_mb": limits.tmpfs_mb, "tmpfs_inodes": limits.tmpfs_inodes,
-               "argv": [python, "-I", "-S", "-B", f"/sandbox/{script}", *args],
+               "argv": [python, "-I", "-S", "-B", f"/sandbox/{script}", *args], "seccomp": filters,
                "limits": {"cpu_s": max(1, int(limits.cpu_s + 0.999)), "memory_mb": limits.memory_mb,
                           "nproc": limits.nproc, "file_mb": limits.file_mb, "nofile": limits.nofile}}
         (tmp / "config.json").write_text(json.dumps(cfg))
@@ -296,11 +314,11 @@ def run_tests(code: str, tests: Any, limits: SandboxLimits | None = None) -> Tes
     _, binds = _interpreter_binds()
     read_roots = sorted({p for p, is_dir, _ in binds if is_dir} | set(limits.extra_ro_paths))
     spec = {"mode": mode, "tests": cases, "cpu_s": limits.cpu_s, "test_timeout_s": limits.test_timeout_s,
-            "audit": limits.audit_hooks, "read_roots": read_roots}
+            "audit": limits.audit_hooks, "read_roots": read_roots, "seccomp": _seccomp_hex(True)}
     files = {"solution.py": code, "_spec.json": json.dumps(spec),
              "_harness.py": (_HERE / "_sandbox_harness.py").read_text()}
     # The harness needs a little room above the candidate: it is PID 1 and forks each test.
-    res = run_python("_harness.py", files, limits)
+    res = run_python("_harness.py", files, limits, single_process=False)
     failed = TestReport(passed=[False] * len(cases), reasons=[""] * len(cases))
     if res.timed_out or res.returncode != 0:
         failed.reason = res.reason or f"harness exit status {res.returncode}"

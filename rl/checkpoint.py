@@ -8,6 +8,11 @@ Layout of a checkpoint directory::
     DIR/step_00000012/rng_rank{r}.pt   python / numpy / torch / device RNG and trainer generators
     DIR/step_00000012/meta.pt   step, world size, ZeRO stage and the caller's ``extra`` dict
 
+Integrity: before the rename rank 0 writes ``checksums.json`` (size and SHA-256 of every file of the
+checkpoint). :func:`load` verifies the checkpoint ``latest`` names; if a file is missing, truncated
+or altered (a disk filled up, a copy cut short) it says so on stderr and falls back to the newest
+earlier checkpoint that verifies. :func:`find_intact` is the same search without loading.
+
 Atomicity: every rank writes into ``DIR/.partial-step_00000012``; after a barrier rank 0 renames
 it to ``step_00000012`` (one ``os.replace``), then rewrites ``latest`` through a temporary file and
 another ``os.replace``. A crash at any point leaves ``latest`` naming a complete earlier checkpoint
@@ -20,9 +25,12 @@ that ``AutoModelForCausalLM.from_pretrained`` loads.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +40,72 @@ from torch import Tensor, nn
 
 LATEST = "latest"
 STATE_TAG = "state"
+
+
+CHECKSUMS = "checksums.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(ckpt: Path) -> None:
+    """Record size and SHA-256 of every file under ``ckpt`` in ``ckpt/checksums.json``."""
+    files = sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != CHECKSUMS)
+    table = {str(p.relative_to(ckpt)): [p.stat().st_size, _sha256(p)] for p in files}
+    with open(ckpt / CHECKSUMS, "w") as f:
+        json.dump(table, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def verify(ckpt: str | Path, *, full: bool = True) -> str | None:
+    """Why checkpoint directory ``ckpt`` is not intact, or None when it is.
+
+    Checks that ``meta.pt`` and every file in ``checksums.json`` exist with their recorded size
+    and (``full``) SHA-256. A checkpoint without ``checksums.json`` (written by an older version)
+    is accepted when its ``meta.pt`` exists.
+    """
+    ckpt = Path(ckpt)
+    if not (ckpt / "meta.pt").is_file():
+        return "meta.pt is missing"
+    try:
+        table = json.loads((ckpt / CHECKSUMS).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        return f"{CHECKSUMS} cannot be read ({err})"
+    for rel, (size, digest) in table.items():
+        path = ckpt / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        if path.stat().st_size != size:
+            return f"{rel} has {path.stat().st_size} bytes, {size} were written"
+        if full and _sha256(path) != digest:
+            return f"{rel} does not match its checksum"
+    return None
+
+
+def find_intact(directory: str | Path, *, full: bool = True) -> tuple[str | None, list[str]]:
+    """``(tag, problems)``: the newest intact checkpoint (``latest``'s first, then older ones) and
+    one line per damaged checkpoint passed over."""
+    root = Path(directory)
+    named = (root / LATEST).read_text().strip() if (root / LATEST).is_file() else None
+    tags = sorted((p.name for p in root.glob("step_*") if p.is_dir()), reverse=True)
+    if named in tags:
+        tags.remove(named)
+        tags.insert(0, named)
+    problems = []
+    for tag in tags:
+        why = verify(root / tag, full=full)
+        if why is None:
+            return tag, problems
+        problems.append(f"checkpoint {root / tag} is damaged ({why})")
+    return None, problems
 
 
 def step_name(step: int) -> str:
@@ -120,6 +194,7 @@ def save(trainer: Any, directory: str | Path, *, step: int, extra: dict[str, Any
         torch.save(meta, partial / "meta.pt")
     _barrier()
     if _rank() == 0:
+        write_checksums(partial)
         _fsync_dir(partial)
         if final.exists():  # re-saving a step: move the old one aside, then drop it
             trash = root / f".partial-old-{name}"
@@ -159,7 +234,12 @@ def load(trainer: Any, directory: str | Path, *, tag: str | None = None) -> tupl
         FileNotFoundError: no complete checkpoint.
     """
     root = Path(directory)
-    tag = tag or latest_tag(root)
+    if tag is None:
+        tag, problems = find_intact(root)
+        if problems and _rank() == 0:
+            for line in problems:
+                print(f"warning: {line}; " + (f"resuming from {tag}" if tag else "no earlier one is intact"),
+                      file=sys.stderr, flush=True)
     if tag is None or not (root / tag / "meta.pt").exists():
         raise FileNotFoundError(f"no complete checkpoint in {root} (tag={tag!r})")
     meta = torch.load(root / tag / "meta.pt", weights_only=False)

@@ -237,6 +237,9 @@ class RewardsConfig:
     """``count``: score 0 and count the error; ``raise``: stop the run."""
     max_error_rate: float = _f(0.5, ge=0.0, le=1.0)
     """Stop the run when a step's fraction of failed reward evaluations exceeds this."""
+    worker_memory_mb: int = _f(4096, ge=0)
+    """Address-space cap (RLIMIT_AS) of each reward worker process; 0 = none (e.g. a reward that
+    initialises CUDA, which reserves far more address space than it uses)."""
 
 
 @dataclass

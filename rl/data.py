@@ -58,6 +58,62 @@ def synth_math_dataset(num_train: int, num_test: int, levels: list[int], seed: i
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
+def check_file(source: str) -> None:
+    """Read a local data file once and raise :class:`DataError` (one line, with the line number)
+    when it cannot be a data set: empty, binary or not UTF-8, a JSON Lines line that is not a JSON
+    object, a parquet file without its magic bytes. Cheap enough to run before anything starts."""
+    path = Path(source).expanduser()
+    if path.suffix not in _FILE_BUILDERS:
+        raise DataError(f"data.source={source!r}: unsupported file type {path.suffix!r}; "
+                        f"use one of {sorted(_FILE_BUILDERS)}")
+    where = f"data.source={source!r}"
+    if path.stat().st_size == 0:
+        raise DataError(f"{where}: the file is empty; give a file with at least one row")
+    if path.suffix == ".parquet":
+        with open(path, "rb") as f:
+            head = f.read(4)
+            f.seek(max(0, path.stat().st_size - 4))
+            if path.stat().st_size < 8 or head != b"PAR1" or f.read(4) != b"PAR1":
+                raise DataError(f"{where}: not a parquet file (no PAR1 magic bytes); check the file or its suffix")
+        return
+    with open(path, "rb") as f:
+        if b"\0" in f.read(8192):
+            raise DataError(f"{where}: binary data (a NUL byte near the start), not a text {path.suffix} file")
+    if path.suffix == ".json":  # one JSON document (a list of rows, or columns), or JSON Lines
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise DataError(f"{where}: not UTF-8 text (byte {err.start}): re-save the file as UTF-8") from None
+        except (ValueError, RecursionError):
+            doc = None  # not one document: read as JSON Lines below
+        if doc is not None:
+            if not isinstance(doc, (list, dict)) or not doc:
+                raise DataError(f"{where}: the JSON document is {'empty' if not doc else 'a ' + type(doc).__name__}; "
+                                "give a list of row objects or JSON Lines")
+            return
+    rows = 0
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{where}: line {n} is not UTF-8 text (byte {err.start}): re-save the file "
+                                "as UTF-8") from None
+            if not line.strip():
+                continue
+            rows += 1
+            if path.suffix in (".jsonl", ".json"):
+                try:
+                    obj = json.loads(line)
+                except (ValueError, RecursionError) as err:
+                    raise DataError(f"{where}: line {n} is not valid JSON ({str(err)[:120]}); fix or remove it") from None
+                if not isinstance(obj, dict):
+                    raise DataError(f"{where}: line {n} is a JSON {type(obj).__name__}, not an object "
+                                    '{"prompt": ..., ...}; one object per line')
+    if rows == 0:
+        raise DataError(f"{where}: the file holds no rows (only blank lines)")
+
+
 def _load_source(source: str) -> datasets.DatasetDict:
     import datasets
 
@@ -66,10 +122,13 @@ def _load_source(source: str) -> datasets.DatasetDict:
     if path.is_dir() and (path / "dataset_dict.json").exists():
         return datasets.load_from_disk(str(path))
     if path.is_file():
-        if path.suffix not in _FILE_BUILDERS:
-            raise DataError(f"data.source={source!r}: unsupported file type {path.suffix!r}; "
-                            f"use one of {sorted(_FILE_BUILDERS)}")
-        return datasets.load_dataset(_FILE_BUILDERS[path.suffix], data_files={"train": str(path)})
+        check_file(source)
+        try:
+            return datasets.load_dataset(_FILE_BUILDERS[path.suffix], data_files={"train": str(path)})
+        except Exception as err:  # pyarrow / datasets errors: many types, long messages
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            raise DataError(f"data.source={source!r}: could not be read as {_FILE_BUILDERS[path.suffix]} "
+                            f"({type(err).__name__}: {first})") from err
     if looks_local:
         raise DataError(f"data.source={source!r}: no such file or directory; give an existing "
                         ".json/.jsonl/.parquet/.csv file, a save_to_disk directory or a hub data set id")

@@ -103,6 +103,11 @@ def make_logger(cfg: LoggerConfig, run_dir: str, name: str, config: dict[str, An
     console = ConsoleLogger(cfg.log_every)
     if cfg.kind == "none":
         return console
+    cluster = config.get("cluster")
+    if isinstance(cluster, dict) and isinstance(cluster.get("env"), dict):  # secrets never reach wandb
+        from rl.manifest import redact_env
+
+        config = {**config, "cluster": {**cluster, "env": redact_env(cluster["env"])}}
     wandb_logger = WandbLogger(cfg.project, cfg.mode, run_dir, name, config, cfg.log_every)
     return wandb_logger if sys.stdout.isatty() else MultiLogger(wandb_logger, console)
 

@@ -35,6 +35,21 @@ REDACTED = "<redacted>"
 _SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
 
 
+def is_secret(name: str) -> bool:
+    """Whether an environment variable's name looks secret (``*KEY*``, ``*TOKEN*``, ``*SECRET*``,
+    ``*PASSW*``, ``*CREDENTIAL*``): its value is never written to a file or sent to a Ray head."""
+    return bool(_SECRET.search(name))
+
+
+def secret_env_override(override: str) -> tuple[str, str] | None:
+    """``(NAME, value)`` of a ``[+|++]cluster.env.NAME=value`` override with a secret-looking name."""
+    key, sep, value = override.partition("=")
+    name = key.lstrip("+~")
+    if sep and name.startswith("cluster.env.") and is_secret(name[len("cluster.env."):]):
+        return name[len("cluster.env."):], value
+    return None
+
+
 def redact_overrides(overrides: list[str]) -> list[str]:
     """``cluster.env`` overrides that name a secret-looking variable get the value ``<redacted>``."""
     out = []

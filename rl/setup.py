@@ -151,7 +151,8 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
         terms = {name: {k: v for k, v in asdict(t).items() if v is not None} for name, t in cfg.rewards.terms.items()}
         rewards = RewardRunner(terms, timeout_s=cfg.rewards.timeout_s, num_workers=cfg.rewards.num_workers,
                                on_error=cfg.rewards.on_error, max_error_rate=cfg.rewards.max_error_rate,
-                               isolation=cfg.rewards.isolation)
+                               isolation=cfg.rewards.isolation, error_log=str(out / "reward_errors.jsonl"),
+                               memory_mb=cfg.rewards.worker_memory_mb)
     except (KeyError, ValueError, ImportError) as err:
         raise StartupError(f"rewards: {str(err).strip(chr(34) + chr(39))}") from err
     if not terms:

@@ -38,7 +38,15 @@ from pathlib import Path
 from typing import Any
 
 from rl.config import ClusterConfig, ConfigError, TrainConfig, register_configs, to_config
-from rl.manifest import REDACTED, ManifestError, build_manifest, read_manifest, write_manifest
+from rl.manifest import (
+    REDACTED,
+    ManifestError,
+    build_manifest,
+    is_secret,
+    read_manifest,
+    redact_overrides,
+    write_manifest,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 """The repository that is submitted (its ``configs/`` is the config tree)."""
@@ -77,6 +85,10 @@ def compose(overrides: list[str]) -> TrainConfig:
         return to_config(cfg)
     except ConfigError as err:
         raise SubmitError(f"config error: {err}") from err
+    except OmegaConfBaseException as err:  # e.g. an interpolation to a key that does not exist
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        key = getattr(err, "full_key", None)
+        raise SubmitError(f"config error: {key + ': ' if key else ''}{first}") from err
 
 
 def _is_hydra(override: str) -> bool:
@@ -102,11 +114,26 @@ def run_dir_for(cfg: TrainConfig, overrides: list[str], now: _dt.datetime | None
     return path
 
 
+def _carries_secret(override: str) -> bool:
+    """A ``cluster.env`` override whose value is a secret (secret-looking name, or a whole-dict
+    ``cluster.env={...}`` naming one): it must not reach a command line, a file or the Ray head."""
+    key = _key(override)
+    if key == "cluster.env":
+        return redact_overrides([override]) != [override]
+    return key.startswith("cluster.env.") and is_secret(key[len("cluster.env."):])
+
+
+def secret_env(cluster: ClusterConfig) -> dict[str, str]:
+    """The ``cluster.env`` entries with secret-looking names (see :func:`rl.manifest.is_secret`)."""
+    return {str(k): str(v) for k, v in cluster.env.items() if is_secret(str(k))}
+
+
 def train_command(overrides: list[str], run_dir: Path, extra: list[str] = ()) -> str:
     """The shell command of the job: ``python -m rl.train`` with the overrides, the run dir and
-    ``extra`` (already shell-ready, e.g. ``cluster.address="$head_ip:$port"``)."""
+    ``extra`` (already shell-ready, e.g. ``cluster.address="$head_ip:$port"``). Secret
+    ``cluster.env`` overrides are left out: the job gets them as environment variables."""
     drop = {"hydra.run.dir", "cluster.address"} if extra else {"hydra.run.dir"}
-    kept = [shlex.quote(o) for o in overrides if _key(o) not in drop]
+    kept = [shlex.quote(o) for o in overrides if _key(o) not in drop and not _carries_secret(o)]
     return " ".join(["python", "-m", "rl.train", *kept, *extra, shlex.quote(f"hydra.run.dir={run_dir}")])
 
 
@@ -198,7 +225,7 @@ def ray_client(address: str):
 def job_env(cluster: ClusterConfig) -> dict[str, str]:
     """Environment variables of the job: :data:`FORWARD_ENV` that are set here, then ``cluster.env``."""
     env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
-    env.update({str(k): str(v) for k, v in cluster.env.items()})
+    env.update({str(k): str(v) for k, v in cluster.env.items() if not is_secret(str(k))})
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
@@ -206,8 +233,10 @@ def job_env(cluster: ClusterConfig) -> dict[str, str]:
 def render_sbatch(cfg: TrainConfig, train_cmd: str, run_dir: Path, repo: Path = REPO) -> str:
     """The sbatch script of a Slurm run (``rl/templates/sbatch.sh`` filled in from ``cfg.cluster``).
 
-    ``train_cmd`` is the driver's command (:func:`train_command`); ``cluster.env`` is exported, the
-    rest of the submitting shell's environment reaches the job through sbatch's default ``--export=ALL``.
+    ``train_cmd`` is the driver's command (:func:`train_command`); ``cluster.env`` is exported, except
+    secret-looking variables, which (like the rest of the submitting shell's environment) reach the
+    job through sbatch's default ``--export=ALL`` from sbatch's own environment: the script, a
+    world-readable file, never holds them.
     """
     c = cfg.cluster
     extra = "".join(f"#SBATCH --{k}={v}\n" for k, v in (("gpus-per-node", c.gpus_per_node or None),
@@ -216,7 +245,9 @@ def render_sbatch(cfg: TrainConfig, train_cmd: str, run_dir: Path, repo: Path = 
     values = {
         "JOB_NAME": f"dsa-rl-{cfg.experiment}", "NODES": str(c.nodes), "TIME": c.time, "SBATCH_EXTRA": extra,
         "RUN_DIR": shlex.quote(str(run_dir)), "REPO": shlex.quote(str(repo)), "SETUP": "".join(f"{line}\n" for line in c.setup),
-        "EXPORTS": "".join(f"export {k}={shlex.quote(str(v))}\n" for k, v in c.env.items()),
+        "EXPORTS": "".join(f"export {k}={shlex.quote(str(v))}\n" for k, v in c.env.items() if not is_secret(str(k)))
+        + (f"# from sbatch's environment (secrets, not written here): {' '.join(sorted(secret_env(c)))}\n"
+           if secret_env(c) else ""),
         "SRUN_GPUS": f"--gpus-per-node={c.gpus_per_node} " if c.gpus_per_node else "",
         "RAY_PORT": str(c.ray_port), "GPUS": str(c.gpus_per_node), "WAIT_S": str(c.wait_nodes_s),
         "HEAD_ARGS": " ".join(map(shlex.quote, c.ray_head_args)),
@@ -252,6 +283,11 @@ def submit(overrides: list[str], *, dry_run: bool = False, say=print) -> dict[st
             say(script)
             return {}
         return _submit_slurm(cfg, user, run_dir, script, say)
+    if secret_env(cfg.cluster):
+        names = ", ".join(f"cluster.env.{k}" for k in sorted(secret_env(cfg.cluster)))
+        raise SubmitError(f"{names}: a secret is not sent through the Ray Jobs API (the head keeps a job's "
+                          "runtime env in plain text); export it on the Ray cluster's nodes before `ray start`, "
+                          "or use cluster=slurm")
     address = ray_address(cfg.cluster)
     client = ray_client(address)
     entrypoint = train_command(user, run_dir)
@@ -294,7 +330,8 @@ def _submit_slurm(cfg: TrainConfig, overrides: list[str], run_dir: Path, script:
     manifest = _manifest(cfg, overrides, run_dir, {"kind": "slurm", "script": str(script_path)}, None,
                          f"sbatch {script_path}")
     path = write_manifest(run_dir, manifest)
-    res = subprocess.run(["sbatch", "--parsable", str(script_path)], check=False, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(["sbatch", "--parsable", "--export=ALL", str(script_path)], check=False, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, **secret_env(cfg.cluster)})
     if res.returncode != 0:
         path.unlink(missing_ok=True)
         script_path.unlink(missing_ok=True)

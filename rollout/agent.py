@@ -262,6 +262,9 @@ def _append_results(e: _Episode, turn: Any, res: Any, tok: Any, end_ids: list[in
     if e.ids[-1] not in end_ids:  # cut off by max_new_tokens: close the turn
         e.ids += end_ids
     for obs in res.observations:
+        # An environment's text may carry a lone surrogate (from a \\u escape the policy wrote): no
+        # tokenizer encodes it, so it becomes U+FFFD-free "?" here instead of failing the rollout.
+        obs = str(obs).encode("utf-8", "replace").decode("utf-8")
         head = _enc(tok, "<|tool|>")
         body = _enc(tok, obs)
         start = len(e.ids) + len(head)

@@ -37,6 +37,7 @@ joins a cluster).
 from __future__ import annotations
 
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -263,6 +264,9 @@ class RolloutPool:
                 load[i] = 0
                 pending.extendleft(sorted(lost, reverse=True))
                 self._recover(i, err)
+                print(f"rollout worker {i} died mid-step ({_first_line(err)}); re-created it (restart "
+                      f"{self.restarts[i]} of {self.max_restarts}) and re-queued its {len(lost)} chunk(s) of "
+                      f"{len(chunks)}: no sample lost or repeated", file=sys.stderr, flush=True)
         return [t for chunk in results for t in chunk]  # type: ignore[union-attr]
 
     def shutdown(self) -> None:

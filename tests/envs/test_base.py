@@ -185,3 +185,32 @@ def test_every_synthesized_family_makes_an_environment():
         rng = random.Random(0)
         task = family.compose(family.build_database(rng), rng, family.min_level)
         assert isinstance(make_env(task), Environment), name
+
+
+def test_lone_surrogates_become_call_errors():
+    from envs.base import parse_turn
+    for raw in ('{"name": "f", "arguments": {"\\udcff": 1}}', '{"name": "f", "arguments": {"a": "\\ud800"}}',
+                '{"name": "f\\udfff", "arguments": {}}'):
+        (call,) = parse_turn(f"<tool_call>{raw}</tool_call>").calls
+        assert call.error and "surrogate" in call.error, (raw, call)
+        call.error.encode("utf-8")  # the error text itself is valid text
+    (ok,) = parse_turn('<tool_call>{"name": "f", "arguments": {"a": "\\ud83d\\ude00"}}</tool_call>').calls
+    assert ok.error is None and ok.arguments == {"a": "\U0001F600"}  # a proper pair is fine
+
+
+def test_parse_turn_is_linear_in_repeated_markers():
+    import time
+
+    from envs.base import parse_turn
+
+    def seconds(text: str) -> float:  # best of 3: a shared machine's load only adds time
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            turn = parse_turn(text)
+            best = min(best, time.perf_counter() - start)
+        assert turn.calls and all(c.error and "unparseable" not in c.error for c in turn.calls)
+        return best
+    for unit in ("<tool_call>", "</tool_call>", "<tool_call>x"):
+        small, big = seconds(unit * 20_000), seconds(unit * 80_000)  # ~1 MB: 39 s when quadratic
+        assert big < 10 * small + 0.3, (unit, small, big)  # 4x the text: ~4-6x the time, not 16x

@@ -56,7 +56,7 @@ def test_a_hung_code_reward_leaves_no_sandbox_behind(sandbox_processes):
         runner.score(["q"], [fenced("x = 1")], {"tests": [["assert x == 1"]]})  # warm
         start = time.monotonic()
         res = runner.score(["q"] * 2, [fenced("import time\ntime.sleep(1000)")] * 2, {"tests": [["pass"]] * 2})
-        assert time.monotonic() - start < 1.0 + 2.0
+        assert time.monotonic() - start < 2 * 1.0 + 2.5  # the chunk, then each sample on its share
     assert [e.kind for e in res.errors] == ["timeout", "timeout"]
     deadline = time.monotonic() + 3
     while sandbox_processes() and time.monotonic() < deadline:

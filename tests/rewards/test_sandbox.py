@@ -55,20 +55,20 @@ def attacks(h: dict) -> dict[str, tuple[str, tuple[str, ...]]]:
         "write the stdlib": ("import os; open(os.__file__, 'a').write('x')", ("Read-only", "not allowed",
                                                                               "Permission denied")),
         "connect to the host": (f"import socket; socket.create_connection(('127.0.0.1', {h['port']}), timeout=1)",
-                                ("unreachable", "refused", "not allowed")),
+                                ("unreachable", "refused", "not allowed", "not permitted")),
         "connect outside": ("import socket; socket.create_connection(('1.1.1.1', 53), timeout=1)",
-                            ("unreachable", "not allowed")),
+                            ("unreachable", "not allowed", "not permitted")),
         "raw socket": ("import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)",
                        ("not permitted", "not allowed")),
         "fork bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
-                      ("timeout", "CPU time limit", "killed")),
+                      ("timeout", "CPU time limit", "killed", "not permitted")),
         "memory bomb": ("x = bytearray(10**10)", ("MemoryError", "killed")),
         "memory bomb, touched": ("x = []\nwhile True:\n    x.append(b'x' * 10**7)", ("MemoryError", "killed",
                                                                                     "timeout")),
         "infinite loop": ("while True:\n    pass", ("CPU time limit", "timeout")),
         "sleep forever": ("import time; time.sleep(10**6)", ("timeout",)),
         "shell out": ("import subprocess; subprocess.run(['/bin/sh', '-c', 'cat /etc/passwd'], check=True)",
-                      ("No such file", "not allowed")),
+                      ("No such file", "not allowed", "not permitted")),
         "escape by chroot": ("import os; os.mkdir('/tmp/j'); os.chroot('/tmp/j')", ("not permitted",)),
         "fill the disk": ("f = open('/tmp/big', 'wb')\nwhile True:\n    f.write(b'x' * 10**6)",
                           ("File too large", "file size limit", "No space")),
@@ -135,25 +135,17 @@ def test_stdio_answers_are_out_of_the_candidates_reach():
     assert report.passed == [False] and "got 'nothing" in report.reasons[0], report
 
 
-def test_a_daemon_left_by_one_test_is_gone_before_the_next():
-    prog = ("import os, time\n"
-            "if not os.path.exists('/tmp/pid'):\n"
-            "    pid = os.fork()\n"
-            "    if pid == 0:\n"
-            "        os.setsid()\n"
-            "        time.sleep(100)\n"
-            "        os._exit(0)\n"
-            "    open('/tmp/pid', 'w').write(str(pid))\n"
-            "    print('started')\n"
-            "else:\n"
-            "    try:\n"
-            "        os.kill(int(open('/tmp/pid').read()), 0)\n"
-            "        print('alive')\n"
-            "    except ProcessLookupError:\n"
-            "        print('dead')\n")
-    report = run_tests(prog, {"inputs": ["", ""], "outputs": ["started", "dead"]},
-                       SandboxLimits(audit_hooks=False, **FAST))
-    assert report.passed == [True, True], report
+def test_a_candidate_is_one_process_threads_allowed():
+    """fork/vfork/clone of a process are refused by seccomp (RLIMIT_AS then caps all it holds)."""
+    forks = ("import os\nos.fork()\n", "import os\nos.posix_spawn('/bin/true', ['true'], {})\n",
+             "import os\nos.unshare(os.CLONE_NEWUSER) if hasattr(os, 'unshare') else os.fork()\n")
+    for prog in forks:
+        report = run_tests(prog, {"inputs": [""], "outputs": [""]}, SandboxLimits(audit_hooks=False, **FAST))
+        assert report.passed == [False] and "not permitted" in report.reasons[0], (prog, report)
+    threads = ("import threading\nout = []\nts = [threading.Thread(target=out.append, args=(i,)) for i in range(4)]\n"
+               "[t.start() for t in ts]\n[t.join() for t in ts]\nprint(sorted(out))\n")
+    report = run_tests(threads, {"inputs": [""], "outputs": ["[0, 1, 2, 3]"]}, SandboxLimits(audit_hooks=False, **FAST))
+    assert report.passed == [True], report
 
 
 def test_whole_run_wall_timeout():
@@ -208,7 +200,7 @@ def test_rootless_user_namespace_mode():
         (tmp / "rewards").mkdir()
         (tmp / "rewards" / "__init__.py").write_text("")
         src = Path(rewards.sandbox.__file__).parent
-        for name in ("sandbox.py", "_sandbox_init.py", "_sandbox_harness.py"):
+        for name in ("sandbox.py", "_seccomp.py", "_sandbox_init.py", "_sandbox_harness.py"):
             shutil.copy(src / name, tmp / "rewards" / name)
         for p in [tmp, *tmp.rglob("*")]:
             p.chmod(0o755)
@@ -219,3 +211,90 @@ def test_rootless_user_namespace_mode():
         assert out.stdout.strip() == "ROOTLESS OK", out.stderr
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+MEMORY_ROUTES = """
+import ctypes, errno, mmap, os
+libc = ctypes.CDLL(None, use_errno=True)
+out = []
+shm = libc.shmget(0, 1 << 30, 0o1000 | 0o600)          # SysV segment of 1 GB (IPC_PRIVATE, IPC_CREAT)
+out.append("shm " + ("refused" if shm == -1 and ctypes.get_errno() == errno.EPERM else "GRANTED"))
+msq = libc.msgget(0, 0o1000 | 0o600)
+out.append("msg " + ("refused" if msq == -1 and ctypes.get_errno() == errno.EPERM else "GRANTED"))
+try:
+    fd = os.memfd_create("x")
+    os.ftruncate(fd, 1 << 30)
+    out.append("memfd GRANTED")
+except PermissionError:
+    out.append("memfd refused")
+try:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    out.append("fork GRANTED")
+except PermissionError:
+    out.append("fork refused")
+try:
+    os.open("/dev/shm/x", os.O_CREAT | os.O_RDWR)
+    out.append("posix shm GRANTED")
+except (FileNotFoundError, PermissionError):
+    out.append("posix shm refused")
+print(" ".join(out))
+"""
+
+
+@pytest.mark.parametrize("as_harness", [False, True], ids=["run_python", "run_tests"])
+def test_memory_routes_outside_rlimit_as_are_refused(as_harness):
+    """SysV shm/msg, memfd, /dev/shm and extra processes would hold memory RLIMIT_AS does not count."""
+    expected = "shm refused msg refused memfd refused fork refused posix shm refused"
+    if as_harness:
+        report = run_tests(MEMORY_ROUTES, {"inputs": [""], "outputs": [expected]}, SandboxLimits(audit_hooks=False, **FAST))
+        assert report.passed == [True], report
+    else:
+        res = run_python("m.py", {"m.py": MEMORY_ROUTES}, SandboxLimits(audit_hooks=False, **FAST))
+        assert res.stdout.strip() == expected, res.stderr
+
+
+def _mem_available_mb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no MemAvailable in /proc/meminfo")
+
+
+@pytest.mark.slow
+def test_host_memory_stays_within_the_cap_during_and_after():
+    """Every route at once (1 GB of SysV shm in 128 MB segments, memfd, forks, heap, tmpfs) with a
+    256 MB cap: the host loses less than cap + tmpfs (+ noise), during and after the run."""
+    import threading
+    hog = ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+           "for _ in range(3):\n"
+           "    try:\n        os.fork()\n    except OSError:\n        pass\n"
+           "libc.shmat.restype = ctypes.c_void_p\n"
+           "for _ in range(8):\n"
+           "    seg = libc.shmget(0, 128 << 20, 0o1000 | 0o600)\n"
+           "    if seg != -1:\n        addr = libc.shmat(seg, None, 0)\n        ctypes.memset(addr, 1, 128 << 20)\n"
+           "        libc.shmdt(ctypes.c_void_p(addr))\n"
+           "try:\n    fd = os.memfd_create('x')\n    for _ in range(64):\n        os.write(fd, b'x' * (16 << 20))\nexcept OSError:\n    pass\n"
+           "blocks = []\n"
+           "try:\n    while True:\n        blocks.append(b'y' * (16 << 20))\nexcept MemoryError:\n    pass\n"
+           "open('/tmp/fill', 'wb').write(b'z' * (1 << 30))\n")
+    lim = SandboxLimits(audit_hooks=False, memory_mb=256, tmpfs_mb=64, cpu_s=5, test_timeout_s=8, wall_s=30)
+    before, low, done = _mem_available_mb(), [float("inf")], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            low[0] = min(low[0], _mem_available_mb())
+            time.sleep(0.02)
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        run_tests(hog, ["pass", "pass"], lim)
+    finally:
+        done.set()
+        t.join()
+    time.sleep(0.5)
+    after = _mem_available_mb()
+    noise = 300  # other processes on a shared machine
+    assert before - low[0] < 256 + 64 + noise, (before, low[0])
+    assert before - after < 64 + noise, (before, after)

@@ -163,3 +163,62 @@ def test_export_under_zero3_loads_with_auto_classes(tmp_path):
         assert torch.equal(loaded[k], v), k
         torch.testing.assert_close(v, weights[0][k], rtol=0, atol=1e-4)  # the same update as ZeRO-0
     assert len(AutoTokenizer.from_pretrained(out)) == len(tok)
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_intact_previous_one(tmp_path, trajs, capfd):
+    trainer = Trainer(fx.tiny_policy, fx.algo(), fx.ds(0))
+    trainer.save(tmp_path, step=1)
+    w1 = trainer.export_state_dict()
+    trainer.train_step(trajs, fx.fixed_advantages(len(trajs)))
+    trainer.save(tmp_path, step=2)
+    assert checkpoint.find_intact(tmp_path) == ("step_00000002", [])
+    biggest = max((p for p in (tmp_path / "step_00000002").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = biggest.read_bytes()
+    biggest.write_bytes(data[: len(data) // 2])  # cut short, as by a full disk or a killed copy
+    fresh = Trainer(fx.tiny_policy, fx.algo(), fx.ds(0))
+    assert fresh.load(tmp_path)[0] == 1
+    err = capfd.readouterr().err
+    assert "step_00000002 is damaged" in err and "bytes" in err and "resuming from step_00000001" in err
+    for k, v in fresh.export_state_dict().items():
+        assert torch.equal(v, w1[k]), k
+    # Same size, one byte altered: only the checksum can tell.
+    biggest.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert checkpoint.verify(tmp_path / "step_00000002") == \
+        f"{biggest.relative_to(tmp_path / 'step_00000002')} does not match its checksum"
+    assert checkpoint.verify(tmp_path / "step_00000002", full=False) is None
+    (tmp_path / "step_00000001" / "meta.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        fresh.load(tmp_path)
+
+
+@pytest.mark.slow
+def test_trainer_killed_while_writing_a_checkpoint_resumes_from_the_last_intact_one(tmp_path, trajs):
+    """SIGKILL lands in the middle of saving step 2 (a torn meta.pt in the partial directory):
+    resume picks step 1, verified by its checksums, with exactly the weights it had."""
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parents[1])}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    child = subprocess.Popen([sys.executable, str(HERE / "_ckpt_child.py"), str(tmp_path), "0", "mid-save"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        for line in child.stdout:
+            if line.strip() == "WRITING":
+                break
+        else:
+            pytest.fail(f"child exited with {child.wait()} before writing step 2")
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert (tmp_path / ".partial-step_00000002" / "meta.pt").read_bytes() == b"half a pickle"
+    assert checkpoint.find_intact(tmp_path) == ("step_00000001", [])  # every file matches its checksum
+    assert (tmp_path / "step_00000001" / checkpoint.CHECKSUMS).exists()
+    resumed = Trainer(fx.tiny_policy, fx.algo(), fx.ds(0))
+    step, extra = resumed.load(tmp_path)
+    assert (step, extra) == (1, {"sampler": {"epoch": 3, "index": 17}})
+    one = Trainer(fx.tiny_policy, fx.algo(), fx.ds(0))
+    one.train_step(trajs, fx.fixed_advantages(len(trajs), seed=1))
+    want = one.export_state_dict()
+    for k, v in resumed.export_state_dict().items():
+        assert torch.equal(v, want[k]), k

@@ -33,3 +33,16 @@ def test_progress_shows_info() -> None:
         task = progress.add_task("grpo", total=2, info="")
         progress.update(task, advance=2, info="reward 0.50")
     assert "reward 0.50" in progress.console.file.getvalue()
+
+
+def test_wandb_never_gets_a_secret_env_value(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    secret = "s3cr3t-wandb-77"
+    config = {"cluster": {"env": {"WANDB_API_KEY": secret, "HF_HOME": "/h"}}, "seed": 1}
+    logger = make_logger(LoggerConfig(kind="wandb", mode="offline"), str(tmp_path), "t", config)
+    logger.log({"reward": 0.5}, step=1)
+    logger.finish()
+    assert config["cluster"]["env"]["WANDB_API_KEY"] == secret  # the caller's dict is untouched
+    files = [p for p in (tmp_path / "wandb").rglob("*") if p.is_file()]
+    assert files and not any(secret.encode() in p.read_bytes() for p in files)
+    assert any(b"/h" in p.read_bytes() for p in files)  # the non-secret value is still recorded

@@ -277,3 +277,68 @@ def test_slurm_end_to_end(in_tmp, cache_dir, capsys, monkeypatch):
             assert "rl.train exited with status 0" in capsys.readouterr().out
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+# ---- secrets ------------------------------------------------------------------------------------
+SECRET = "s3cr3t-v4lue-91"
+
+
+def _files_holding(root: Path, text: str) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and text in p.read_text(errors="replace")]
+
+
+def test_slurm_secrets_reach_the_job_but_no_file_or_output(in_tmp, capsys, monkeypatch):
+    """A secret cluster.env value goes to sbatch's environment, never into submit.sbatch,
+    the manifest, the train command or the dry-run output."""
+    bin_dir = in_tmp / "bin"
+    _fake_slurm(bin_dir, "debug")
+    seen = in_tmp / "bin" / "sbatch_env"
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\nprintf %s "$WANDB_API_KEY" > {seen}\necho 7\n')
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.defpath}")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    args = ["cluster=slurm", "cluster.partition=debug", "+experiment=math", f"+cluster.env.WANDB_API_KEY={SECRET}",
+            "+cluster.env.HF_HOME=/h"]
+    assert main([*args, "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert SECRET not in out + err and "export HF_HOME=/h" in out and "WANDB_API_KEY" in out
+    run_dir = in_tmp / "run"
+    assert main([*args, f"hydra.run.dir={run_dir}"]) == 0
+    out, err = capsys.readouterr()
+    assert SECRET not in out + err
+    assert seen.read_text() == SECRET  # the job gets it (sbatch --export=ALL)
+    assert (run_dir / "submit.sbatch").exists() and _files_holding(run_dir, SECRET) == []
+
+
+def test_ray_job_refuses_to_send_a_secret_to_the_head(in_tmp, capsys):
+    rc = main(["cluster=ray_job", "cluster.address=http://127.0.0.1:1", "+experiment=math",
+               f"+cluster.env.HF_TOKEN={SECRET}", "--dry-run"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and SECRET not in err
+    assert "cluster.env.HF_TOKEN" in err and "export it on the Ray cluster's nodes" in err
+    assert list(in_tmp.iterdir()) == []
+
+
+def test_train_takes_secrets_out_of_hydra(in_tmp, monkeypatch):
+    """rl.train moves secret cluster.env overrides into its environment: the printed config and
+    Hydra's files never see them; a failed config check leaves no outputs/ directory."""
+    from rl.train import take_secret_env
+
+    monkeypatch.delenv("MY_API_KEY", raising=False)
+    assert take_secret_env(["seed=1", f"+cluster.env.MY_API_KEY={SECRET}", "+cluster.env.HOME_DIR=/x"]) == \
+        ["seed=1", "+cluster.env.HOME_DIR=/x"]
+    assert os.environ["MY_API_KEY"] == SECRET
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    res = subprocess.run([sys.executable, "-m", "rl.train", "--cfg", "job", f"+cluster.env.WANDB_API_KEY={SECRET}"],
+                         capture_output=True, text=True, env=env, cwd=in_tmp, timeout=120, check=False)
+    assert res.returncode == 0 and "experiment" in res.stdout and SECRET not in res.stdout + res.stderr
+    res = subprocess.run([sys.executable, "-m", "rl.train", f"+cluster.env.WANDB_API_KEY={SECRET}", "seed=-5",
+                          "algorithm.group_size=0"], capture_output=True, text=True, env=env, cwd=in_tmp,
+                         timeout=120, check=False)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert SECRET not in res.stderr and not (in_tmp / "outputs").exists()
+
+
+def test_a_broken_interpolation_is_one_line(in_tmp, capsys):
+    assert main(["cluster=slurm", "rollout.max_new_tokens=${oops}", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "oops" in err and err.startswith("error: config error:")

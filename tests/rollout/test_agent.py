@@ -257,3 +257,13 @@ def test_agent_config_from_env_config():
 
     cfg = AgentConfig.from_env_config(EnvConfig(name="synth", max_turns=3, tool_schema="compact"), tool_workers=2)
     assert (cfg.max_turns, cfg.context_fraction, cfg.tool_schema, cfg.tool_workers) == (3, 0.8, "compact", 2)
+
+
+def test_lone_surrogate_in_a_json_key_is_an_error_observation(tok, tasks):
+    """An all-ASCII escape decoding to a lone surrogate must not reach the tokenizer (contract: error text)."""
+    task = tasks[0]
+    bad = lambda user, turn, results: '<tool_call>{"name": "get_hotels", "arguments": {"\\udcff": 1}}</tool_call>'
+    (traj,) = run_agent(ScriptedEngine(tok, bad), [task], PARAMS, AgentConfig(max_turns=2))
+    assert traj.num_tool_calls == 2 and traj.num_tool_errors == 2
+    tool_msgs = [m["content"] for m in traj.info["messages"] if m["role"] == "tool"]
+    assert tool_msgs and all(m.startswith("Error:") and "surrogate" in m for m in tool_msgs), tool_msgs

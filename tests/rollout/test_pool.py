@@ -137,3 +137,26 @@ def test_broadcast_of_other_weights_names_the_difference(pool, model) -> None:
     with pytest.raises(ray.exceptions.RayTaskError, match="broadcast weights do not match"):
         pool.broadcast_weights(bad, version=pool.version + 1)
     pool._group = None
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_worker_mid_step(pool, prompts, capfd) -> None:
+    """A worker's process SIGKILLed from outside while a step's chunks run: the call finishes with
+    every (prompt, sample) exactly once and as seeded, and a line on stderr says what happened."""
+    import os
+    import signal
+    import threading
+
+    params = SamplingParams(temperature=0.9, top_p=0.9, top_k=20, max_new_tokens=48)
+    many = prompts * 6
+    reference = pool.generate(many, params, group_size=4, seed=21)
+    victim = ray.get(pool.workers[1].pid.remote())
+    restarts = pool.restarts[1]
+    killer = threading.Timer(0.3, os.kill, (victim, signal.SIGKILL))
+    killer.start()
+    out = pool.generate(many, params, group_size=4, seed=21)
+    killer.join()
+    assert pool.restarts[1] == restarts + 1 and ray.get(pool.workers[1].pid.remote()) != victim
+    assert [_key(t) for t in out] == [_key(t) for t in reference]
+    assert all(torch.equal(a.tokens, b.tokens) for a, b in zip(out, reference))
+    assert "rollout worker 1 died mid-step" in capfd.readouterr().err

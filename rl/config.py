@@ -43,7 +43,8 @@ class ModelConfig:
     preset: str = "tiny"
     """Named shape from ``rl.policy`` presets (used when ``path`` is unset)."""
     path: str | None = None
-    """A saved policy: local directory or hub id (a DSA model, or one converted to DSA)."""
+    """A saved policy: a DSA model directory or hub id; or a Llama/Qwen2 directory, a ``gguf:PATH`` /
+    ``gguf:smollm2`` source or a DeepSeek-V3/V3.2 directory, converted to DSA once (cached)."""
     tokenizer: str | None = None
     """Tokenizer directory or hub id; unset = ``path``'s tokenizer, or the embedded one."""
     attention_mode: str = _f("sparse", choices=("sparse", "dense"))

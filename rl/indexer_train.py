@@ -155,7 +155,9 @@ def load_policy(cfg: TrainConfig) -> tuple[Any, Any]:
     if path is None:
         raise ValueError("model.path is unset: give a Llama/Qwen2 checkpoint or a converted dsa_llama model")
     tok = load_tokenizer(cfg.model.tokenizer or path)
-    dtype = getattr(torch, cfg.model.dtype)
+    from rl.device import pick_device, pick_dtype
+
+    dtype = pick_dtype(cfg.model.dtype, pick_device(cfg.device))
     if AutoConfig.from_pretrained(path).model_type == DSALlamaConfig.model_type:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         if cfg.model.index_topk is not None:

@@ -205,9 +205,12 @@ class Run:
 
 
 def _device(cfg: TrainConfig) -> torch.device:
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise StartupError("device=cuda but CUDA is not available: use device=auto or device=cpu")
-    return torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+    from rl.device import pick_device
+
+    try:
+        return pick_device(cfg.device)
+    except ValueError as err:
+        raise StartupError(str(err)) from err
 
 
 def _rows(ds, tok) -> list[dict[str, Any]]:
@@ -322,8 +325,8 @@ def _policy(cfg: TrainConfig, tok, source: PromptSource, device, say) -> tuple[A
                 say(f"cold start: cached policy {path}")
                 model = DSAForCausalLM.from_pretrained(path)
             else:
-                say(f"cold start: training (cached afterwards in {path})")
-                info = source.cold_start(model, tok, cfg, say)
+                say(f"cold start: training on {device} (cached afterwards in {path})")
+                info = source.cold_start(model.to(device), tok, cfg, say)
                 save_atomic(model, tok, path, info)
     model.config.attention_mode = cfg.model.attention_mode
     return model.config, {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -380,10 +383,15 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
                                                                      record_topk=False))
         source.keep_solvable(engine, sampling, cfg.env.pass_k, cfg.seed, say)
 
+    from rl.device import pick_dtype
+
+    dtype = pick_dtype(cfg.model.dtype, device)  # auto: bf16 on a CUDA device, fp32 on CPU
+    say(f"trainer: {device}, {str(dtype).removeprefix('torch.')}")
+
     def factory():
         m = build_policy(model_config)
         m.load_state_dict(weights)
-        return m
+        return m.to(dtype)
 
     res = cfg.resources
     trainer = make_trainer(factory, num_processes=cfg.deepspeed.num_processes, cpus_per_actor=res.cpus_per_actor,

@@ -47,7 +47,6 @@ from torch import Tensor, nn
 from rl.batch import TrainBatch, collate, kept_sets
 from rl.config import AlgorithmConfig, DeepSpeedConfig
 from rl.distributed import init_distributed
-from rl.policy.indexer_loss import indexer_parameters
 from rl.losses import (
     entropy_from_logits,
     get_aggregation,
@@ -55,6 +54,7 @@ from rl.losses import (
     masked_log_probs,
     off_policy_sequence_mask,
 )
+from rl.policy.indexer_loss import indexer_parameters
 from rollout.types import Trajectory
 
 

@@ -13,7 +13,6 @@ itself (~1e-3 per weight) is 100x the tolerance, so a wrong update cannot pass.
 """
 from __future__ import annotations
 
-import copy
 import sys
 from pathlib import Path
 
@@ -23,8 +22,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import _trainer_fixtures as fx
 
-from rl.batch import collate, kept_sets
-from rl.losses import get_aggregation, get_policy_loss, masked_log_probs, off_policy_sequence_mask
 from rl.trainer import Trainer
 
 LR = 1e-3
@@ -51,41 +48,6 @@ def advantages(n: int) -> torch.Tensor:
     return adv
 
 
-def autograd_update(trajs, adv: torch.Tensor, algo) -> dict[str, torch.Tensor]:
-    """One GRPO update by hand: the whole batch in one forward, the registered loss, AdamW."""
-    torch.manual_seed(0)  # the trainer seeds with its seed (0) before building the policy
-    model = fx.tiny_policy()  # tiny_policy reseeds: same weights as the trainer's factory
-    ref = copy.deepcopy(model).eval().requires_grad_(False)
-    batch = collate(trajs, adv, vocab_size=fx.VOCAB)
-    kept = kept_sets(batch.sampling_mask, fx.VOCAB) if algo.keep_sampling_mask else None
-
-    def forward(m):
-        return m(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                 position_ids=batch.position_ids, use_cache=False,
-                 expert_routes=batch.routes_per_layer() if algo.keep_routing else None,
-                 topk_indices=batch.topk_per_layer() if algo.keep_indexing else None).logits
-
-    model.train()
-    logp = masked_log_probs(forward(model), batch.target_ids, kept, temperature=1.0)  # (B, N)
-    ref_logp = None
-    if algo.kl_coef > 0:
-        with torch.no_grad():
-            ref_logp = masked_log_probs(forward(ref), batch.target_ids, kept, temperature=1.0)
-    seq_mask = off_policy_sequence_mask(logp, batch.old_logprobs, batch.advantages, batch.loss_mask,
-                                        algo.off_policy_delta)
-    num_units = get_aggregation(algo.loss_agg).units(batch.loss_mask.float()).clamp_min(1)
-    loss, _ = get_policy_loss(algo.policy_loss)(
-        logp, batch.old_logprobs, batch.advantages, batch.loss_mask, ref_logp=ref_logp, seq_mask=seq_mask,
-        clip_low=algo.clip_low, clip_high=algo.clip_high, beta=algo.kl_coef, kl_estimator=algo.kl_estimator,
-        aggregation=algo.loss_agg, norm_constant=1.0, num_units=num_units)
-    opt = torch.optim.AdamW(model.parameters(), lr=algo.lr, weight_decay=algo.weight_decay)
-    loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), algo.grad_clip)
-    assert norm > algo.grad_clip, "the batch should exercise the clipping"
-    opt.step()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 @pytest.mark.parametrize("stage,kl_coef,micro", [(0, 0.0, 2), (0, 0.1, 3), (2, 0.0, 8)])
 def test_one_update_equals_autograd_adamw(trajs, stage, kl_coef, micro):
     algo = fx.algo(lr=LR, kl_coef=kl_coef, micro_batch_size=micro, weight_decay=0.1)
@@ -93,7 +55,8 @@ def test_one_update_equals_autograd_adamw(trajs, stage, kl_coef, micro):
     trainer = Trainer(fx.tiny_policy, algo, fx.ds(stage))
     metrics = trainer.train_step(trajs, adv)
     got = trainer.export_state_dict()
-    want = autograd_update(trajs, adv, algo)
+    want, norm = fx.autograd_update(trajs, adv, algo)
+    assert norm > algo.grad_clip, "the batch should exercise the clipping"
     # kl_coef = 0: the 4 zero-advantage rows were skipped by the trainer (not by the oracle).
     assert metrics["skipped_frac"] == (0.5 if kl_coef == 0 else 0.0)
     start = fx.tiny_policy().state_dict()

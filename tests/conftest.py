@@ -21,10 +21,14 @@ if not torch.cuda.is_available():
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 NO_CUDA = "needs CUDA: torch.cuda.is_available() is False (run `pytest -m gpu` on a GPU machine)"
+GPU_TESTS_DEVICE = "DSA_RL_GPU_TESTS_DEVICE"
+"""``DSA_RL_GPU_TESTS_DEVICE=cpu pytest -m gpu`` runs the gpu tests' code on the CPU instead of
+skipping it (a dry run for working on them without a GPU; bf16 on CPU is slow, and their
+tolerances are meant for CUDA kernels)."""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() or os.environ.get(GPU_TESTS_DEVICE) == "cpu":
         return
     skip_gpu = pytest.mark.skip(reason=NO_CUDA)
     for item in items:

@@ -16,47 +16,47 @@ pytestmark = pytest.mark.gpu
 V = 512
 
 
-def policy(dtype: torch.dtype, **overrides) -> DSAForCausalLM:
-    """The tiny preset (MoE on) at index_topk 16, on CUDA in ``dtype`` (same weights for every dtype)."""
+def policy(dtype: torch.dtype, device: torch.device, **overrides) -> DSAForCausalLM:
+    """The tiny preset (MoE on) at index_topk 16, on ``device`` in ``dtype`` (same weights for every dtype)."""
     torch.manual_seed(0)
     cfg = DSAConfig.from_preset("tiny", vocab_size=V, initializer_range=0.1, **{"index_topk": 16, **overrides})
-    return DSAForCausalLM(cfg).to("cuda", dtype).eval()
+    return DSAForCausalLM(cfg).to(device, dtype).eval()
 
 
-def tokens(batch: int, length: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(1, V, (batch, length), generator=torch.Generator().manual_seed(seed)).cuda()
+def tokens(batch: int, length: int, device: torch.device, seed: int = 0) -> torch.Tensor:
+    return torch.randint(1, V, (batch, length), generator=torch.Generator().manual_seed(seed)).to(device)
 
 
 def bf16_cost(x: torch.Tensor, **kw) -> float:
     """max |logits| difference between the bf16 and the fp32 model (same weights) on input x."""
     with torch.no_grad():
-        lo = policy(torch.bfloat16, **kw)(x, use_cache=False, attention_mode="dense").logits
-        hi = policy(torch.float32, **kw)(x, use_cache=False, attention_mode="dense").logits
+        lo = policy(torch.bfloat16, x.device, **kw)(x, use_cache=False, attention_mode="dense").logits
+        hi = policy(torch.float32, x.device, **kw)(x, use_cache=False, attention_mode="dense").logits
     return float((lo - hi).abs().max())
 
 
 @torch.no_grad()
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_sparse_equals_dense_when_k_covers_the_sequence(dtype):
-    x = tokens(2, 48)
-    model = policy(dtype, index_topk=64)
+def test_sparse_equals_dense_when_k_covers_the_sequence(dtype, device):
+    x = tokens(2, 48, device)
+    model = policy(dtype, device, index_topk=64)
     sparse = model(x, use_cache=False).logits
     dense = model(x, attention_mode="dense", use_cache=False).logits
     err = float((sparse - dense).abs().max())
     bound = 1e-4 if dtype == torch.float32 else max(2 * bf16_cost(x, index_topk=64), 1e-2)
     assert err <= bound, (err, bound)
     # and beyond k, sparse attention really differs from dense
-    short = policy(dtype)
+    short = policy(dtype, device)
     assert float((short(x, use_cache=False).logits - short(x, attention_mode="dense", use_cache=False).logits)
                  .abs().max()) > bound
 
 
 @torch.no_grad()
-def test_replay_is_exact_in_bf16():
-    model = policy(torch.bfloat16)
-    x = tokens(2, 40)
+def test_replay_is_exact_in_bf16(device):
+    model = policy(torch.bfloat16, device)
+    x = tokens(2, 40, device)
     out = model(x, output_topk_indices=True, output_expert_routes=True, use_cache=False)
-    assert out.topk_indices[0].is_cuda and out.expert_routes
+    assert out.topk_indices[0].device == x.device and out.expert_routes
     again = model(x, topk_indices=out.topk_indices, expert_routes=out.expert_routes, use_cache=False)
     assert torch.equal(again.logits, out.logits)
     other = [s.clone() for s in out.topk_indices]
@@ -68,10 +68,10 @@ def test_replay_is_exact_in_bf16():
 
 @torch.no_grad()
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_cached_decode_equals_full_forward(dtype):
+def test_cached_decode_equals_full_forward(dtype, device):
     """Prefill 8 tokens (row 0 left-padded by 3), then one token per call through the cache."""
-    model = policy(dtype)
-    x = tokens(2, 40)
+    model = policy(dtype, device)
+    x = tokens(2, 40, device)
     mask = torch.ones_like(x)
     mask[0, :3] = 0
     full = model(x, attention_mask=mask, output_topk_indices=True, use_cache=False)

@@ -47,8 +47,8 @@ def prompts(tok, lengths=(5, 14, 3, 21, 9, 30)):
 def generate_ref(model, tok, ps, n):
     """`transformers` generate(), greedy, left-padded batch: the new tokens of each row."""
     P = max(map(len, ps))
-    ids = torch.full((len(ps), P), tok.pad_token_id, device="cuda")
-    mask = torch.zeros(len(ps), P, dtype=torch.long, device="cuda")
+    ids = torch.full((len(ps), P), tok.pad_token_id, device=model.device)
+    mask = torch.zeros(len(ps), P, dtype=torch.long, device=model.device)
     for b, p in enumerate(ps):
         ids[b, P - len(p):] = torch.tensor(p)
         mask[b, P - len(p):] = 1
@@ -57,10 +57,10 @@ def generate_ref(model, tok, ps, n):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_compiled_engine_greedy_equals_generate(tok, dtype):
+def test_compiled_engine_greedy_equals_generate(tok, dtype, device):
     from rollout.engine import EngineConfig, RolloutEngine
 
-    model = policy(tok, dtype).cuda().eval()
+    model = policy(tok, dtype).to(device).eval()
     engine = RolloutEngine(model, tok, EngineConfig(compile=True, static_decode=True))
     assert engine._static is not None and engine._static.compiled
     engine.warm_up()
@@ -78,18 +78,18 @@ def test_compiled_engine_greedy_equals_generate(tok, dtype):
     assert sum(common) / len(common) >= (1.0 if dtype == torch.float32 else 0.8), common
 
 
-def test_recorded_logprobs_match_the_trainer_in_bf16(tok):
+def test_recorded_logprobs_match_the_trainer_in_bf16(tok, device):
     from rl.trainer import Trainer
     from rollout.engine import EngineConfig, RolloutEngine
     from rollout.sampling import SamplingParams
 
-    engine = RolloutEngine(policy(tok, torch.bfloat16).cuda().eval(), tok,
+    engine = RolloutEngine(policy(tok, torch.bfloat16).to(device).eval(), tok,
                            EngineConfig(compile=True, record_routes=True))
     params = SamplingParams(temperature=0.8, top_p=0.9, max_new_tokens=24, ignore_eos=True)
     trajs = engine.generate([p for p in prompts(tok) for _ in range(4)], params, seed=0)
     factory = functools.partial(policy, tok, torch.bfloat16)
     trainer = Trainer(factory, fx.algo(kl_coef=0.0, keep_indexing=False), fx.ds(2), temperature=0.8)
-    assert trainer.device.type == "cuda" and trainer.dtype == torch.bfloat16
+    assert trainer.device.type == device.type and trainer.dtype == torch.bfloat16
     batch = trainer.collate(trajs, torch.zeros(len(trajs)))
     diff = (trainer.log_probs(batch).cpu() - batch.old_logprobs)[batch.loss_mask].abs()
     assert diff.mean() < 1e-2 and diff.max() < 0.1, (float(diff.mean()), float(diff.max()))

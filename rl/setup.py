@@ -336,9 +336,9 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
     """Check inputs, then build the policy, trainer, workers and logger (see module docstring)."""
     say = say or (lambda s: print(s, file=sys.stderr, flush=True))
     os.environ.setdefault("WANDB_MODE", cfg.logger.mode)
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     device = _device(cfg)
+    if device.type == "cpu":  # also device=cpu on a GPU machine: the in-process trainer stays on the CPU
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from rewards.runner import RewardRunner
     from rl.policy.tokenizer import load_tokenizer
 
@@ -383,15 +383,18 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
                                                                      record_topk=False))
         source.keep_solvable(engine, sampling, cfg.env.pass_k, cfg.seed, say)
 
-    from rl.device import pick_dtype
+    from rl.device import pick_device, pick_dtype
 
-    dtype = pick_dtype(cfg.model.dtype, device)  # auto: bf16 on a CUDA device, fp32 on CPU
-    say(f"trainer: {device}, {str(dtype).removeprefix('torch.')}")
+    in_process = cfg.deepspeed.num_processes == 1
+    if in_process:
+        say(f"trainer: {device}, {str(pick_dtype(cfg.model.dtype, device)).removeprefix('torch.')}")
 
     def factory():
         m = build_policy(model_config)
         m.load_state_dict(weights)
-        return m.to(dtype)
+        # model.dtype=auto: bf16 on a CUDA device, fp32 on CPU; decided where the trainer runs (this
+        # process, or a Ray actor that may hold a GPU the driver does not).
+        return m.to(pick_dtype(cfg.model.dtype, device if in_process else pick_device("auto")))
 
     res = cfg.resources
     trainer = make_trainer(factory, num_processes=cfg.deepspeed.num_processes, cpus_per_actor=res.cpus_per_actor,

@@ -22,8 +22,9 @@ def test_math_smoke_run_on_the_gpu(tmp_path, device):
         env.pop("DS_ACCELERATOR", None)
     args = [sys.executable, "-m", "rl.train", "+experiment=math", "budget=smoke", f"device={device.type}",
             f"resources.gpus_per_worker={0.25 if on_gpu else 0}", "logger.progress=false", f"hydra.run.dir={run}"]
-    if not on_gpu:  # the CPU dry run checks this test's code, not the cold start (4 min on two cores)
-        args += ["coldstart.sft_steps=20", "coldstart.indexer_warmup_steps=5", "coldstart.sparse_steps=5"]
+    if not on_gpu:  # the CPU dry run checks this test's code: a short cold start, few prompts
+        args += ["coldstart.sft_steps=20", "coldstart.indexer_warmup_steps=5", "coldstart.sparse_steps=5",
+                 "data.test_size=8", "rollout.prompts_per_step=2"]
     p = subprocess.run(args, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-4000:]
     want = "trainer: cuda, bfloat16" if on_gpu else "trainer: cpu, float32"

@@ -90,9 +90,16 @@ class TrainBatch:
         return replace(self, loss_mask=torch.zeros_like(self.loss_mask))
 
     def to(self, device: torch.device | str) -> TrainBatch:
-        """Every tensor moved to ``device`` (non-blocking)."""
-        return TrainBatch(**{f.name: (None if getattr(self, f.name) is None
-                                      else getattr(self, f.name).to(device, non_blocking=True))
+        """Every tensor moved to ``device``. Host -> GPU copies go through page-locked (pinned)
+        memory, so they run asynchronously (a copy from ordinary memory blocks the host)."""
+        pin = torch.device(device).type == "cuda"
+
+        def move(t: Tensor) -> Tensor:
+            if pin and t.device.type == "cpu":
+                t = t.pin_memory()
+            return t.to(device, non_blocking=True)
+
+        return TrainBatch(**{f.name: (None if getattr(self, f.name) is None else move(getattr(self, f.name)))
                              for f in fields(self)})
 
     def routes_per_layer(self) -> tuple[Tensor, ...] | None:

@@ -51,8 +51,9 @@ class ModelConfig:
     """``sparse``: DSA top-k attention; ``dense``: full causal MLA (oracle, dense warm-up)."""
     index_topk: int | None = _f(None, ge=1)
     """Override the preset's number of selected tokens per query."""
-    dtype: str = _f("float32", choices=("float32", "bfloat16", "float16"))
-    """Parameter / compute dtype (use float32 on CPU: bf16 there is ~3x slower)."""
+    dtype: str = _f("auto", choices=("auto", "float32", "bfloat16", "float16"))
+    """Parameter / compute dtype of the trainer: ``auto`` = bfloat16 on a CUDA device that supports
+    it, float32 on CPU (bf16 there is ~3x slower); see ``rl.device.pick_dtype``."""
     final_format: str = _f("dsa", choices=("dsa", "deepseek_v32"))
     """Format of the run's ``final/`` policy: ``dsa`` (ours) or ``deepseek_v32`` (transformers'
     DeepseekV32ForCausalLM / serving engines; the ``dsa`` copy then goes to ``final_dsa/``)."""

@@ -158,7 +158,9 @@ def load_policy(cfg: TrainConfig) -> tuple[Any, Any]:
     if path is None:
         raise ValueError("model.path is unset: give a Llama/Qwen2 checkpoint or a converted dsa_llama model")
     tok = load_tokenizer(cfg.model.tokenizer or path)
-    dtype = getattr(torch, cfg.model.dtype)
+    from rl.device import pick_device, pick_dtype
+
+    dtype = pick_dtype(cfg.model.dtype, pick_device(cfg.device))
     from rl.policy.deepseek import cached_conversion, is_deepseek_dir
 
     if is_deepseek_dir(path):  # DeepSeek-V3/V3.2: converted to the native DSA policy once (cached)

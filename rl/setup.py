@@ -82,9 +82,12 @@ class Run:
 
 
 def _device(cfg: TrainConfig) -> torch.device:
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise StartupError("device=cuda but CUDA is not available: use device=auto or device=cpu")
-    return torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+    from rl.device import pick_device
+
+    try:
+        return pick_device(cfg.device)
+    except ValueError as err:
+        raise StartupError(str(err)) from err
 
 
 def _model_path(cfg: TrainConfig, say: Callable[[str], None]) -> str | None:
@@ -106,10 +109,10 @@ def _model_path(cfg: TrainConfig, say: Callable[[str], None]) -> str | None:
     return path
 
 
-def _policy(cfg: TrainConfig, path: str | None, tok: Any, source: TaskSource, say: Callable[[str], None]
-            ) -> tuple[Any, dict[str, torch.Tensor]]:
+def _policy(cfg: TrainConfig, path: str | None, tok: Any, source: TaskSource, device: torch.device,
+            say: Callable[[str], None]) -> tuple[Any, dict[str, torch.Tensor]]:
     """The starting policy's config and weights: ``path`` (the resolved ``model.path``), or the
-    (cached) cold start."""
+    (cached) cold start, trained on ``device``."""
     from transformers import AutoModelForCausalLM
 
     from rl.coldstart import cold_start_key, save_atomic
@@ -135,8 +138,8 @@ def _policy(cfg: TrainConfig, path: str | None, tok: Any, source: TaskSource, sa
                 say(f"cold start: cached policy {path}")
                 model = DSAForCausalLM.from_pretrained(path)
             else:
-                say(f"cold start: training (cached afterwards in {path})")
-                info = source.cold_start(model, tok, cfg, say)
+                say(f"cold start: training on {device} (cached afterwards in {path})")
+                info = source.cold_start(model.to(device), tok, cfg, say)
                 save_atomic(model, tok, path, info)
     model.config.attention_mode = cfg.model.attention_mode
     return model.config, {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -146,9 +149,9 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
     """Check inputs, then build the policy, trainer, workers, evaluator and logger (see module docstring)."""
     say = say or (lambda s: print(s, file=sys.stderr, flush=True))
     os.environ.setdefault("WANDB_MODE", cfg.logger.mode)
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     device = _device(cfg)
+    if device.type == "cpu":  # also device=cpu on a GPU machine: the in-process trainer stays on the CPU
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from rewards.runner import RewardRunner
     from rl.policy.tokenizer import load_tokenizer
 
@@ -179,7 +182,7 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
     model_path = _model_path(cfg, say)
     tok = load_tokenizer(cfg.model.tokenizer or model_path)
     source = make_source(cfg, tok, data)
-    model_config, weights = _policy(cfg, model_path, tok, source, say)
+    model_config, weights = _policy(cfg, model_path, tok, source, device, say)
 
     from rl.distributed import make_trainer
     from rl.policy.factory import build_policy
@@ -195,10 +198,18 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
                                                                      record_topk=False))
         source.keep_solvable(engine, sampling, cfg.env.pass_k, cfg.seed, say)
 
+    from rl.device import pick_device, pick_dtype
+
+    in_process = cfg.deepspeed.num_processes == 1
+    if in_process:
+        say(f"trainer: {device}, {str(pick_dtype(cfg.model.dtype, device)).removeprefix('torch.')}")
+
     def factory():
         m = build_policy(model_config)
         m.load_state_dict(weights)
-        return m
+        # model.dtype=auto: bf16 on a CUDA device, fp32 on CPU; decided where the trainer runs (this
+        # process, or a Ray actor that may hold a GPU the driver does not).
+        return m.to(pick_dtype(cfg.model.dtype, device if in_process else pick_device("auto")))
 
     res = cfg.resources
     trainer = make_trainer(factory, num_processes=cfg.deepspeed.num_processes, cpus_per_actor=res.cpus_per_actor,

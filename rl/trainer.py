@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from rl.batch import TrainBatch, collate, kept_sets
 from rl.config import AlgorithmConfig, DeepSpeedConfig
 from rl.losses import get_aggregation, get_policy_loss, off_policy_sequence_mask
+from rl.policy.indexer_loss import indexer_parameters
 from rl.policy.logprobs import entropy_from_logits, masked_log_probs
 from rl.process_group import init_distributed
 from rollout.types import Trajectory
@@ -133,6 +134,12 @@ class Trainer:
         self.temperature, self.norm_constant, self.pad_id = temperature, norm_constant, pad_id
         seed_everything(seed)
         model = policy if isinstance(policy, nn.Module) else policy()
+        if algo.indexer_loss_weight == 0:
+            # Only the indexer loss gives the lightning indexers a gradient. Left in AdamW they would
+            # still shrink by the decoupled weight decay (DeepSpeed decays every parameter it holds,
+            # with or without a gradient): freeze them (found by tests/rl/test_trainer_oracle.py).
+            for p in indexer_parameters(model):
+                p.requires_grad_(False)
         self.dtype = next(model.parameters()).dtype
         self.vocab_size = int(model.config.vocab_size)
         self.has_moe = bool(getattr(model.config, "moe_layer_indices", []))

@@ -7,6 +7,8 @@ and DSA selections of each input token, taken from the forward that first saw it
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from rl.config import AlgorithmConfig, DeepSpeedConfig
@@ -82,6 +84,48 @@ def sample_trajectories(model: DSAForCausalLM, *, num_prompts: int = 2, group: i
                 traj.topk_indices = torch.stack(sels).to(torch.int32)
             out.append(traj)
     return out
+
+
+def autograd_update(trajs: list[Trajectory], adv: torch.Tensor, algo: AlgorithmConfig
+                    ) -> tuple[dict[str, torch.Tensor], float]:
+    """The textbook GRPO update on CPU in fp32, without DeepSpeed: the whole batch in one forward,
+    the registered loss of ``rl.losses``, ``backward``, ``clip_grad_norm_``, one ``AdamW.step``
+    (the oracle of tests/rl/test_trainer_oracle.py and tests/gpu). Returns (weights after, the
+    gradient norm before clipping)."""
+    from rl.batch import collate, kept_sets
+    from rl.losses import get_aggregation, get_policy_loss, off_policy_sequence_mask
+    from rl.policy.logprobs import masked_log_probs
+
+    torch.manual_seed(0)  # the trainer seeds with its seed (0) before building the policy
+    model = tiny_policy()  # tiny_policy reseeds: same weights as the trainer's factory
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    batch = collate(trajs, adv, vocab_size=VOCAB)
+    kept = kept_sets(batch.sampling_mask, VOCAB) if algo.keep_sampling_mask else None
+
+    def forward(m):
+        return m(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                 position_ids=batch.position_ids, use_cache=False,
+                 expert_routes=batch.routes_per_layer() if algo.keep_routing else None,
+                 topk_indices=batch.topk_per_layer() if algo.keep_indexing else None).logits
+
+    model.train()
+    logp = masked_log_probs(forward(model), batch.target_ids, kept, temperature=1.0)  # (B, N)
+    ref_logp = None
+    if algo.kl_coef > 0:
+        with torch.no_grad():
+            ref_logp = masked_log_probs(forward(ref), batch.target_ids, kept, temperature=1.0)
+    seq_mask = off_policy_sequence_mask(logp, batch.old_logprobs, batch.advantages, batch.loss_mask,
+                                        algo.off_policy_delta)
+    num_units = get_aggregation(algo.loss_agg).units(batch.loss_mask.float()).clamp_min(1)
+    loss, _ = get_policy_loss(algo.policy_loss)(
+        logp, batch.old_logprobs, batch.advantages, batch.loss_mask, ref_logp=ref_logp, seq_mask=seq_mask,
+        clip_low=algo.clip_low, clip_high=algo.clip_high, beta=algo.kl_coef, kl_estimator=algo.kl_estimator,
+        aggregation=algo.loss_agg, norm_constant=1.0, num_units=num_units)
+    opt = torch.optim.AdamW(model.parameters(), lr=algo.lr, weight_decay=algo.weight_decay)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), algo.grad_clip)
+    opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, float(norm)
 
 
 def fixed_advantages(n: int, seed: int = 1) -> torch.Tensor:

@@ -248,3 +248,20 @@ def test_cached_convert_converts_a_llama_once_and_passes_dsa_dirs_through(tmp_pa
     assert cached_convert(str(first), tmp_path / "cache") == first  # already a DSA policy
     assert cached_convert(str(tmp_path / "src"), tmp_path / "cache", index_topk=6) != first  # other settings
 
+
+
+def test_rl_train_resolves_a_llama_model_path_to_a_cached_conversion(tmp_path):
+    """`model.path=` a plain Llama directory in rl.train: converted once into the data cache."""
+    from rl.config import TrainConfig
+    from rl.setup import _model_path
+
+    _source("llama").save_pretrained(tmp_path / "src")
+    cfg = TrainConfig()
+    cfg.model.path, cfg.data.cache_dir = str(tmp_path / "src"), str(tmp_path / "cache")
+    said = []
+    path = _model_path(cfg, said.append)
+    assert path.startswith(str(tmp_path / "cache" / "converted"))
+    assert AutoModelForCausalLM.from_pretrained(path).config.model_type == "dsa_llama"
+    assert said == [f"model.path: {tmp_path / 'src'} converted to a DSA policy in {path}"]
+    cfg.model.path = path
+    assert _model_path(cfg, said.append) == path and len(said) == 1  # a DSA directory is used as it is

@@ -334,7 +334,9 @@ def test_streaming_conversion_peak_memory_is_about_one_shard(tmp_path, fp8):
     print(f"{'FP8' if fp8 else 'fp32'} source: {len(shards)} shards {sum(s.stat().st_size for s in shards) / mib:.1f} "
           f"MiB -> fp32 {total / mib:.1f} MiB (largest output shard {largest / mib:.1f} MiB); peak memory of the "
           f"conversion: anonymous +{anon / mib:.1f} MiB, resident (with mapped file pages) +{rss / mib:.1f} MiB")
-    assert anon < 1.5 * largest and rss < 3 * largest and rss < 0.5 * total
+    # About one output shard: the tensors being converted (FP8: the e4m3 weight, its expanded scales and
+    # the result) plus a few MiB of allocator slack, far below the model (total).
+    assert anon < 2 * largest and anon < 0.3 * total and rss < 3 * largest and rss < 0.5 * total
 
 
 # ---- clear errors -------------------------------------------------------------------------------

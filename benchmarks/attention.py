@@ -26,7 +26,7 @@ import torch
 
 from rl.policy import DSACache, DSAConfig, DSAForCausalLM
 from rl.policy.flops import attention_macs_per_key, indexer_macs_per_key, linear_macs_per_token
-from rl.policy.layers import rope_cos_sin
+from rl.policy.layers import model_rope_tables
 from rl.policy.mla import MLAttention
 from rl.policy.sparse import AttentionContext
 
@@ -50,8 +50,7 @@ def decode_ms(layer: MLAttention, cfg: DSAConfig, context: int, topk: int, repea
     pos = torch.full((1, 1), context - 1)
     ctx = AttentionContext(
         start=context - 1, key_valid=cache.update_valid(context - 1, None, 1), mode="sparse",
-        rope=rope_cos_sin(pos, cfg.qk_rope_head_dim, cfg.rope_theta),
-        index_rope=rope_cos_sin(pos, cfg.index_head_dim // 2, cfg.rope_theta),
+        rope=model_rope_tables(cfg, pos)[0], index_rope=model_rope_tables(cfg, pos)[1],
         want_topk=False, want_indexer_loss=False,
     )
     whole, core = [], []

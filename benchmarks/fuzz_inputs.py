@@ -233,12 +233,11 @@ def run_data_files(paths: list[Path]) -> int:
 
 
 def run_turns(turns: list[str]) -> int:
-    from envs.policies import ScriptedEngine
-
     from envs.synth.pipeline import synthesize
     from rl.policy.tokenizer import load_tokenizer
     from rollout.agent import AgentConfig, run_agent
     from rollout.sampling import SamplingParams
+    from rollout.scripted import ScriptedEngine
 
     tok = load_tokenizer()
     tasks, _ = synthesize(4, seed=0, families=["lookup"])

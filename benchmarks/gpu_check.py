@@ -123,8 +123,9 @@ def attention_rows(device, dtype, contexts: list[int], dry: bool, clock: Clock, 
     import torch
 
     from rl.policy import DSACache, DSAConfig
-    from rl.policy.layers import rope_cos_sin
-    from rl.policy.mla import AttentionContext, MLAttention
+    from rl.policy.layers import model_rope_tables
+    from rl.policy.mla import MLAttention
+    from rl.policy.sparse import AttentionContext
 
     if dry:  # the `small` preset's layer: seconds on a CPU
         cfg = DSAConfig.from_preset("small", num_hidden_layers=1, n_routed_experts=0, index_topk=64)
@@ -140,9 +141,8 @@ def attention_rows(device, dtype, contexts: list[int], dry: bool, clock: Clock, 
 
     def ctx_for(start: int, T: int, mode: str, valid):
         pos = torch.arange(start, start + T, device=device)[None]  # (1, T)
-        return AttentionContext(start=start, key_valid=valid, mode=mode,
-                                rope=rope_cos_sin(pos, cfg.qk_rope_head_dim, cfg.rope_theta),
-                                index_rope=rope_cos_sin(pos, cfg.index_head_dim // 2, cfg.rope_theta),
+        rope, index_rope = model_rope_tables(cfg, pos)
+        return AttentionContext(start=start, key_valid=valid, mode=mode, rope=rope, index_rope=index_rope,
                                 want_topk=False, want_indexer_loss=False)
 
     def prefill(h, L: int, mode: str, valid, reps: int) -> tuple[float, float]:

@@ -99,13 +99,18 @@ def test_agent_source_reward_inputs_and_metrics() -> None:
 
 
 @pytest.mark.slow
-def test_agent_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tiny settings, 2 GRPO steps through the Ray pool's run_agent, evaluation before and after."""
-    from rl.loop import run
+def test_agent_run_end_to_end(tmp_path: Path) -> None:
+    """Tiny settings, 2 GRPO steps through the Ray pool's run_agent, evaluation before and after.
 
-    monkeypatch.setenv("DSA_RL_CACHE", str(tmp_path / "cache"))
-    cfg = _cfg(TINY)
-    summary = run(cfg, str(tmp_path / "run"))
+    Through `python -m rl.train` in its own process: a run in the test process leaves Ray and
+    torch.distributed state behind that broke a later test's actors on a multi-node cluster."""
+    import os
+
+    out = subprocess.run([sys.executable, "-m", "rl.train", *TINY, f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT,
+                         env={**os.environ, "DSA_RL_CACHE": str(tmp_path / "cache")}, capture_output=True, text=True,
+                         timeout=900, check=False)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["stopped"].startswith("max_steps")
     for k in ("eval/greedy_accuracy", "eval/sampled_accuracy", "eval/pass@2"):
         assert 0.0 <= summary["after"][k] <= 1.0

@@ -20,6 +20,17 @@ if not torch.cuda.is_available():
     # DeepSpeed must pick CUDA (and the trainer NCCL).
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    on a shared two-core machine two OpenMP threads that wait for each other made tiny-model tests
+    10-200x slower under load. Restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 NO_CUDA = "needs CUDA: torch.cuda.is_available() is False (run `pytest -m gpu` on a GPU machine)"
 GPU_TESTS_DEVICE = "DSA_RL_GPU_TESTS_DEVICE"
 """``DSA_RL_GPU_TESTS_DEVICE=cpu pytest -m gpu`` runs the gpu tests' code on the CPU instead of

@@ -261,6 +261,7 @@ def _name_to_dsa(name: str) -> str | None:
 
 
 _TO_V32 = {v: k for k, v in _ATTN.items()}
+_PROJ_TO_V32 = {v: k for k, v in _PROJ.items()}
 
 
 def _name_to_v32(name: str, moe_layers: set[int]) -> str:
@@ -273,7 +274,6 @@ def _name_to_v32(name: str, moe_layers: set[int]) -> str:
         raise CheckpointError(f"tensor {name!r} has no place in a deepseek_v32 checkpoint")
     i, rest = m.groups()
     pre = f"model.layers.{i}."
-    inv_proj = {v: k for k, v in _PROJ.items()}
     if rest == "attn_norm.weight":
         return pre + "input_layernorm.weight"
     if rest == "ffn_norm.weight":
@@ -287,10 +287,10 @@ def _name_to_v32(name: str, moe_layers: set[int]) -> str:
     if rest == "ffn.e_score_correction_bias":
         return pre + "mlp.gate.e_score_correction_bias"
     if parts[1] == "experts":
-        return f"{pre}mlp.experts.{parts[2]}.{inv_proj[parts[3]]}.{parts[4]}"
+        return f"{pre}mlp.experts.{parts[2]}.{_PROJ_TO_V32[parts[3]]}.{parts[4]}"
     if parts[1] == "shared":
-        return f"{pre}mlp.shared_experts.{inv_proj[parts[2]]}.{parts[3]}"
-    return f"{pre}mlp.{inv_proj[parts[1]]}.{parts[2]}"
+        return f"{pre}mlp.shared_experts.{_PROJ_TO_V32[parts[2]]}.{parts[3]}"
+    return f"{pre}mlp.{_PROJ_TO_V32[parts[1]]}.{parts[2]}"
 
 
 def rope_row_perm(cfg: DSAConfig, which: str) -> torch.Tensor:

@@ -16,14 +16,7 @@ from torch import nn
 from rl.config import TrainConfig
 from rl.indexer_train import load_texts, measure, pack, run
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run ~10x faster on one thread when the two cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class _CharTok:

@@ -18,14 +18,7 @@ from rl.policy.indexer_loss import indexer_parameters
 from rl.trainer import Trainer, lr_factor
 from rollout.types import unpack_mask
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # 2 OpenMP threads on a shared 2-core machine spin-wait badly (200x slower forwards).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -30,13 +30,9 @@ def ragged_prompts(vocab: int, lengths=(5, 14, 3, 21), seed: int = 1) -> list[li
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads that wait for each other
-    made these tiny-model tests 20-30x slower under load. Restored after each module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
+    """Every rollout test module runs on one intra-op thread (``one_thread`` in tests/conftest.py)."""
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

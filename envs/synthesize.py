@@ -14,7 +14,7 @@ import time
 
 import datasets
 
-from envs.synth.pipeline import summary_table, synthesize
+from envs.synth.pipeline import LEVELS, NUM_ENVS, TEST_FRACTION, summary_table, synthesize
 
 
 def to_dataset(tasks, test_fraction: float, seed: int = 0) -> datasets.DatasetDict:
@@ -28,12 +28,12 @@ def to_dataset(tasks, test_fraction: float, seed: int = 0) -> datasets.DatasetDi
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--n", type=int, default=NUM_ENVS)
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--families", default="", help="comma-separated (default: all registered)")
-    ap.add_argument("--levels", default="1,2,3,4,5")
-    ap.add_argument("--test-fraction", type=float, default=0.1)
+    ap.add_argument("--levels", default=",".join(map(str, LEVELS)))
+    ap.add_argument("--test-fraction", type=float, default=TEST_FRACTION)
     a = ap.parse_args(argv)
     datasets.disable_progress_bars()
     t0 = time.perf_counter()

@@ -58,6 +58,20 @@ from typing import Any
 from rewards.backends import Outcome, ProcessBackend, ThreadBackend
 from rewards.registry import RewardFn, import_callable, load_reward
 
+# Defaults of the runner, written once (``rl.config.RewardsConfig`` names them).
+TIMEOUT_S = 10.0
+"""Per-step budget of every reward call, in seconds."""
+NUM_WORKERS = 2
+"""Calls of one term run at once (worker processes or threads)."""
+ON_ERROR = ("count", "raise")
+"""What a failed (term, sample) does: score 0 and count it, or stop; the first is the default."""
+MAX_ERROR_RATE = 0.5
+"""With ``on_error="count"``: the largest tolerated fraction of failed (term, sample) pairs in a step."""
+ISOLATION = ("process", "thread")
+"""Where rewards run: worker processes (killed at the deadline) or threads; the first is the default."""
+MEMORY_MB = 4096
+"""Address-space cap (RLIMIT_AS) of each worker process in MB; 0 = none."""
+
 
 class RewardError(RuntimeError):
     """A reward failed and the run must stop (``on_error="raise"`` or the error rate was exceeded)."""
@@ -222,9 +236,9 @@ class RewardRunner:
         isolation: ``"process"`` or ``"thread"``.
         max_hung: thread mode: abandoned (hung) calls tolerated before refusing new calls.
         startup_timeout_s: how long a worker process may take to import its rewards.
-        memory_mb: address-space cap (RLIMIT_AS) of each worker process; 0 = none (``rl.train``
-            passes ``rewards.worker_memory_mb``, 4 GB). A reward past it gets MemoryError (or its
-            worker dies): an error for its samples, not for the trainer.
+        memory_mb: address-space cap (RLIMIT_AS) of each worker process, in MB; 0 = none
+            (``rl.train`` passes ``rewards.worker_memory_mb``). A reward past it gets MemoryError
+            (or its worker dies): an error for its samples, not for the trainer.
         error_log: a JSONL file that gets one line per failed (term, sample), with the sample's
             texts and the reason; every step with errors also prints one line to stderr.
 
@@ -234,14 +248,14 @@ class RewardRunner:
     [0.0, -1.0]
     """
 
-    def __init__(self, terms: Mapping[str, Mapping[str, Any]] | Sequence[RewardTerm], timeout_s: float = 10.0,
-                 num_workers: int = 2, on_error: str = "count", max_error_rate: float = 0.5,
-                 isolation: str = "process", max_hung: int | None = None,
-                 startup_timeout_s: float = 120.0, memory_mb: int = 0, error_log: str | None = None) -> None:
-        if on_error not in ("count", "raise"):
-            raise ValueError(f"on_error must be 'count' or 'raise', got {on_error!r}")
-        if isolation not in ("process", "thread"):
-            raise ValueError(f"isolation must be 'process' or 'thread', got {isolation!r}")
+    def __init__(self, terms: Mapping[str, Mapping[str, Any]] | Sequence[RewardTerm], timeout_s: float = TIMEOUT_S,
+                 num_workers: int = NUM_WORKERS, on_error: str = ON_ERROR[0], max_error_rate: float = MAX_ERROR_RATE,
+                 isolation: str = ISOLATION[0], max_hung: int | None = None,
+                 startup_timeout_s: float = 120.0, memory_mb: int = MEMORY_MB, error_log: str | None = None) -> None:
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        if isolation not in ISOLATION:
+            raise ValueError(f"isolation must be one of {ISOLATION}, got {isolation!r}")
         if not timeout_s > 0 or num_workers < 1 or not 0.0 <= max_error_rate <= 1.0:
             raise ValueError(f"need timeout_s > 0, num_workers >= 1, 0 <= max_error_rate <= 1 (got "
                              f"{timeout_s}, {num_workers}, {max_error_rate})")

@@ -1,8 +1,13 @@
 """Typed run configuration: one dataclass per Hydra config group, validated at start-up.
 
-Every default lives here, once. The YAML files under ``configs/`` name the options of each group
-and set only what distinguishes an option from these defaults (``deepspeed/zero3.yaml`` sets
-``zero_stage: 3`` and nothing else). Hydra checks key names and types against these dataclasses
+Every default is written once, in the lowest layer that uses it. A setting of a part below the
+learner that also works on its own (the sampler, the engine, the agent loop, the pool, the
+environments, the math generator, the reward runner) takes its default from that part
+(``temperature: float = _f(SamplingParams.temperature, gt=0.0)``); every other default is written
+here, and the learner's parts name it (``Trainer(temperature=RolloutConfig.temperature)``).
+``tests/test_defaults.py`` fails when a literal is restated. The YAML files under ``configs/`` name
+the options of each group and set only what distinguishes an option from these defaults
+(``deepspeed/zero3.yaml`` sets ``zero_stage: 3`` and nothing else). Hydra checks key names and types against these dataclasses
 when it composes the config (a misspelt key fails there); :func:`validate` then checks every value
 against the limits declared in each field's metadata and raises :class:`ConfigError` with one line
 naming the key, the bad value and what is allowed.
@@ -17,6 +22,20 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+
+from envs.base import TOOL_SCHEMAS
+from envs.synth import pipeline as env_synth
+from rewards import runner as reward_runner
+from rl import synth_math
+from rollout.params import (
+    CPUS_PER_WORKER,
+    GPUS_PER_WORKER,
+    NUM_WORKERS,
+    WEIGHT_SYNC,
+    AgentConfig,
+    EngineConfig,
+    SamplingParams,
+)
 
 
 class ConfigError(ValueError):
@@ -117,31 +136,31 @@ class AlgorithmConfig:
 
 @dataclass
 class RolloutConfig:
-    num_workers: int = _f(1, ge=1)
+    num_workers: int = _f(NUM_WORKERS, ge=1)
     """Ray rollout actors."""
     prompts_per_step: int = _f(8, ge=1)
     """B: prompts sampled per GRPO step (each run ``group_size`` times)."""
-    max_new_tokens: int = _f(64, ge=1)
+    max_new_tokens: int = _f(SamplingParams.max_new_tokens, ge=1)
     """Response length limit per turn."""
-    temperature: float = _f(1.0, gt=0.0)
+    temperature: float = _f(SamplingParams.temperature, gt=0.0)
     """Sampling temperature."""
-    top_p: float = _f(1.0, gt=0.0, le=1.0)
+    top_p: float = _f(SamplingParams.top_p, gt=0.0, le=1.0)
     """Nucleus truncation (1 = off)."""
-    top_k: int = _f(0, ge=0)
+    top_k: int = _f(SamplingParams.top_k, ge=0)
     """Top-k truncation (0 = off)."""
-    stop: list[str] = _f(factory=list)
+    stop: list[str] = _f(factory=lambda: list(SamplingParams.stop))
     """Extra stop strings (the tokenizer's end-of-turn token always stops)."""
-    record_routes: bool = True
+    record_routes: bool = EngineConfig.record_routes
     """Record MoE routes per sampled token (needed by Keep Routing)."""
-    record_topk: bool = False
+    record_topk: bool = EngineConfig.record_topk
     """Record DSA selections per sampled token (needed by keep_indexing)."""
-    batch_size: int = _f(64, ge=1)
+    batch_size: int = _f(EngineConfig.max_batch_size, ge=1)
     """Sequences a worker decodes at once."""
-    compile: bool = False
+    compile: bool = EngineConfig.compile
     """torch.compile each worker's decode step (rollout.decode): about 2x the decode speed of the
     eager engine on CPU, after a compile of about a minute per worker (less with inductor's disk
     cache). Pays off for runs of more than a few minutes of rollouts; off by default."""
-    weight_sync: str = _f("object_store", choices=("object_store", "broadcast"))
+    weight_sync: str = _f(WEIGHT_SYNC[0], choices=WEIGHT_SYNC)
     """How new weights reach the rollout workers after each update: ``object_store`` (one
     ``ray.put``, each worker loads the copy) or ``broadcast`` (a ``torch.distributed`` broadcast from
     the driver, rank 0, to every worker: NCCL when the driver and the workers have GPUs, else gloo;
@@ -154,9 +173,9 @@ class SynthMathConfig:
     """Training problems generated."""
     num_test: int = _f(1_000, ge=1)
     """Held-out problems generated (disjoint from train)."""
-    levels: list[int] = _f(factory=lambda: [1, 2, 3, 4])
+    levels: list[int] = _f(factory=lambda: list(synth_math.LEVELS))
     """Difficulty levels to mix (see ``rl.data``)."""
-    max_operand: int = _f(99, ge=12)
+    max_operand: int = _f(synth_math.MAX_OPERAND, ge=synth_math.MIN_MAX_OPERAND)
     """Largest number a problem states (multipliers stay single-digit)."""
     seed: int = 0
     """Generator seed (the data set is a pure function of this config)."""
@@ -227,19 +246,19 @@ class RewardTermConfig:
 class RewardsConfig:
     terms: dict[str, RewardTermConfig] = field(default_factory=dict)
     """Named reward terms; the reward is their weighted sum (each term is logged)."""
-    timeout_s: float = _f(10.0, gt=0.0)
+    timeout_s: float = _f(reward_runner.TIMEOUT_S, gt=0.0)
     """Per-step budget of every reward call (a failing batch is retried sample by sample within a
     second such budget, so scoring returns within about 2 x timeout_s)."""
-    isolation: str = _f("process", choices=("process", "thread"))
+    isolation: str = _f(reward_runner.ISOLATION[0], choices=reward_runner.ISOLATION)
     """``process``: rewards run in worker processes killed and replaced at the deadline; ``thread``:
     in threads (for rewards sharing the trainer's memory, e.g. a reward model on the GPU)."""
-    num_workers: int = _f(2, ge=1)
+    num_workers: int = _f(reward_runner.NUM_WORKERS, ge=1)
     """Reward evaluations run in parallel."""
-    on_error: str = _f("count", choices=("count", "raise"))
+    on_error: str = _f(reward_runner.ON_ERROR[0], choices=reward_runner.ON_ERROR)
     """``count``: score 0 and count the error; ``raise``: stop the run."""
-    max_error_rate: float = _f(0.5, ge=0.0, le=1.0)
+    max_error_rate: float = _f(reward_runner.MAX_ERROR_RATE, ge=0.0, le=1.0)
     """Stop the run when a step's fraction of failed reward evaluations exceeds this."""
-    worker_memory_mb: int = _f(4096, ge=0)
+    worker_memory_mb: int = _f(reward_runner.MEMORY_MB, ge=0)
     """Address-space cap (RLIMIT_AS) of each reward worker process; 0 = none (e.g. a reward that
     initialises CUDA, which reserves far more address space than it uses)."""
 
@@ -248,28 +267,28 @@ class RewardsConfig:
 class EnvConfig:
     name: str | None = None
     """Registered environment family (``dsa_rl.envs``), or unset for plain prompt data."""
-    max_turns: int = _f(8, ge=1)
+    max_turns: int = _f(AgentConfig.max_turns, ge=1)
     """Tool-use turns per episode."""
-    context_fraction: float = _f(0.8, gt=0.0, le=1.0)
+    context_fraction: float = _f(AgentConfig.context_fraction, gt=0.0, le=1.0)
     """Drop the oldest tool outputs once a conversation reaches this fraction of the context."""
-    tool_timeout_s: float = _f(5.0, gt=0.0)
+    tool_timeout_s: float = _f(AgentConfig.tool_timeout_s, gt=0.0)
     """Per-tool-call timeout."""
     path: str | None = None
     """A data set written by ``python -m envs.synthesize`` (``train`` / ``test`` splits); unset =
     synthesize ``num_envs`` environments at start-up (``name``: ``synth`` = every registered family,
     or one family name)."""
-    num_envs: int = _f(2000, ge=1)
+    num_envs: int = _f(env_synth.NUM_ENVS, ge=1)
     """Environments synthesized when ``path`` is unset (seconds per thousand)."""
-    levels: list[int] = _f(factory=lambda: [1, 2, 3, 4, 5])
+    levels: list[int] = _f(factory=lambda: list(env_synth.LEVELS))
     """Difficulty levels synthesized (round-robin)."""
-    test_fraction: float = _f(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = _f(env_synth.TEST_FRACTION, ge=0.0, lt=1.0)
     """Share of the synthesized environments held out for evaluation."""
     pass_k: int = _f(0, ge=0)
     """Solvability filter: drop training environments the cold-started policy never solves in
     ``pass_k`` tries (V3.2: pass@100 > 0); 0 = off."""
-    max_result_chars: int = _f(2000, ge=1)
+    max_result_chars: int = _f(AgentConfig.max_result_chars, ge=1)
     """Tool results are truncated to this many characters."""
-    tool_schema: str = _f("openai", choices=("openai", "compact"))
+    tool_schema: str = _f(AgentConfig.tool_schema, choices=TOOL_SCHEMAS)
     """Tools in the prompt: full OpenAI function schemas, or ``compact`` (names and argument types:
     about half the prompt tokens, for small models on short contexts)."""
     teacher_reasoning: bool = True
@@ -311,9 +330,9 @@ class DeepSpeedConfig:
 class ResourcesConfig:
     gpus_per_trainer: float = _f(0.0, ge=0.0)
     """GPUs per trainer process (0 on CPU)."""
-    gpus_per_worker: float = _f(0.0, ge=0.0)
+    gpus_per_worker: float = _f(GPUS_PER_WORKER, ge=0.0)
     """GPUs per rollout worker (0 on CPU)."""
-    cpus_per_actor: float = _f(1.0, gt=0.0)
+    cpus_per_actor: float = _f(CPUS_PER_WORKER, gt=0.0)
     """CPUs reserved per actor."""
 
 

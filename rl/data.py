@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rl.paths import default_cache_dir
-from rl.synth_math import LEVELS, DataError, MathProblem, generate_math, is_test_problem, iter_problems
+from rl.synth_math import (
+    LEVELS,
+    MAX_OPERAND,
+    DataError,
+    MathProblem,
+    generate_math,
+    is_test_problem,
+    iter_problems,
+)
 
 if TYPE_CHECKING:
     import datasets
@@ -31,7 +39,7 @@ __all__ = ["LEVELS", "DataError", "MathProblem", "default_cache_dir", "generate_
 
 
 def synth_math_dataset(num_train: int, num_test: int, levels: list[int], seed: int,
-                       cache_dir: str | Path | None = None, max_operand: int = 99) -> datasets.DatasetDict:
+                       cache_dir: str | Path | None = None, max_operand: int = MAX_OPERAND) -> datasets.DatasetDict:
     """The synthesized math set as a ``DatasetDict``, generated once and cached on disk."""
     import datasets
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from rl.config import ResourcesConfig
 from rl.process_group import (  # noqa: F401  (RANK_VARS, init_distributed: re-exported for callers)
     RANK_VARS,
     free_port,
@@ -92,8 +93,9 @@ class TrainerGroup:
     Methods mirror ``Trainer``; the return value is rank 0's (every rank returns the same metrics).
     """
 
-    def __init__(self, num_processes: int, *, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0,
-                 actor_options: dict[str, Any] | None = None, **trainer_kwargs: Any) -> None:
+    def __init__(self, num_processes: int, *, cpus_per_actor: float = ResourcesConfig.cpus_per_actor,
+                 gpus_per_actor: float = ResourcesConfig.gpus_per_trainer, actor_options: dict[str, Any] | None = None,
+                 **trainer_kwargs: Any) -> None:
         import ray
 
         if not callable(trainer_kwargs.get("policy")) or isinstance(trainer_kwargs.get("policy"),
@@ -186,8 +188,9 @@ class TrainerGroup:
         self.actors = []
 
 
-def make_trainer(policy: Callable[[], torch.nn.Module], *, num_processes: int, cpus_per_actor: float = 1.0,
-                 gpus_per_actor: float = 0.0, actor_options: dict[str, Any] | None = None,
+def make_trainer(policy: Callable[[], torch.nn.Module], *, num_processes: int,
+                 cpus_per_actor: float = ResourcesConfig.cpus_per_actor,
+                 gpus_per_actor: float = ResourcesConfig.gpus_per_trainer, actor_options: dict[str, Any] | None = None,
                  **trainer_kwargs: Any) -> Any:
     """One in-process :class:`~rl.trainer.Trainer` when ``num_processes == 1``, else a
     :class:`TrainerGroup` of Ray actors (Ray must be initialised by the caller; ``actor_options``

@@ -145,6 +145,23 @@ def _policy(cfg: TrainConfig, path: str | None, tok: Any, source: TaskSource, de
     return model.config, {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
+def reward_runner(cfg: TrainConfig, error_log: str | None = None) -> RewardRunner:
+    """The run's reward runner, with every ``rewards.*`` setting passed (none left to a default)."""
+    from rewards.runner import RewardRunner
+
+    r = cfg.rewards
+    terms = {name: {k: v for k, v in asdict(t).items() if v is not None} for name, t in r.terms.items()}
+    return RewardRunner(terms, timeout_s=r.timeout_s, num_workers=r.num_workers, on_error=r.on_error,
+                        max_error_rate=r.max_error_rate, isolation=r.isolation, memory_mb=r.worker_memory_mb,
+                        error_log=error_log)
+
+
+def pool_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The rollout pool's settings from the config (``rollout.*``, ``resources.*``)."""
+    return {"num_workers": cfg.rollout.num_workers, "num_cpus_per_worker": cfg.resources.cpus_per_actor,
+            "num_gpus_per_worker": cfg.resources.gpus_per_worker, "weight_sync": cfg.rollout.weight_sync}
+
+
 def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None = None) -> Run:
     """Check inputs, then build the policy, trainer, workers, evaluator and logger (see module docstring)."""
     say = say or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -152,7 +169,6 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
     device = _device(cfg)
     if device.type == "cpu":  # also device=cpu on a GPU machine: the in-process trainer stays on the CPU
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    from rewards.runner import RewardRunner
     from rl.policy.tokenizer import load_tokenizer
 
     out = Path(cfg.resume) if cfg.resume else Path(run_dir)
@@ -161,16 +177,12 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
                            "of an earlier run (outputs/EXPERIMENT/DATE_TIME)")
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(cfg)
+    if not cfg.rewards.terms:
+        raise StartupError("rewards.terms is empty: add a reward term (e.g. rewards=math) or an environment")
     try:
-        terms = {name: {k: v for k, v in asdict(t).items() if v is not None} for name, t in cfg.rewards.terms.items()}
-        rewards = RewardRunner(terms, timeout_s=cfg.rewards.timeout_s, num_workers=cfg.rewards.num_workers,
-                               on_error=cfg.rewards.on_error, max_error_rate=cfg.rewards.max_error_rate,
-                               isolation=cfg.rewards.isolation, error_log=str(out / "reward_errors.jsonl"),
-                               memory_mb=cfg.rewards.worker_memory_mb)
+        rewards = reward_runner(cfg, str(out / "reward_errors.jsonl"))
     except (KeyError, ValueError, ImportError) as err:
         raise StartupError(f"rewards: {str(err).strip(chr(34) + chr(39))}") from err
-    if not terms:
-        raise StartupError("rewards.terms is empty: add a reward term (e.g. rewards=math) or an environment")
     owns_ray = init_ray(cfg)
     from rl.placement import PlacementError, place
 
@@ -228,11 +240,8 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
         weights = trainer.export_state_dict()
         say(f"resumed {out} at step {step}")
     tok_dir = cfg.model.tokenizer or model_path
-    pool = RolloutPool(model_config.to_dict(), tok_dir, EngineConfig.from_config(cfg.rollout),
-                       num_workers=cfg.rollout.num_workers, state_dict=weights,
-                       num_cpus_per_worker=res.cpus_per_actor, num_gpus_per_worker=res.gpus_per_worker,
-                       seed=cfg.seed, version=step, actor_options=placement.worker_options,
-                       weight_sync=cfg.rollout.weight_sync)
+    pool = RolloutPool(model_config.to_dict(), tok_dir, EngineConfig.from_config(cfg.rollout), state_dict=weights,
+                       seed=cfg.seed, version=step, actor_options=placement.worker_options, **pool_options(cfg))
     from rl.manifest import record_placement
     from rl.placement import describe
 
@@ -246,7 +255,7 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
         engine_config=EngineConfig.from_config(cfg.rollout, record_routes=False, record_topk=False),
         source=source, rewards=rewards,
         correct_term=verifier[0] if cfg.env.name and verifier else next(iter(cfg.rewards.terms)),
-        greedy=SamplingParams(greedy=True, max_new_tokens=cfg.rollout.max_new_tokens), sampled=sampling,
+        greedy=SamplingParams.from_config(cfg.rollout, greedy=True), sampled=sampling,
         group_size=cfg.algorithm.group_size, seed=cfg.seed)
     return Run(cfg=cfg, dir=out, tokenizer=tok, model_config=model_config, source=source, rewards=rewards,
                budget=budget, sampler=sampler, trainer=trainer, pool=pool, evaluator=evaluator,

@@ -129,8 +129,9 @@ class AgentSource(PromptSource):
         from rl.coldstart import run_cold_start
         from rollout.scripted import cold_start_examples
 
-        examples = cold_start_examples(self.train_rows, tok, self.agent_config, cfg.coldstart.teacher_stop_early,
-                                       cfg.seed, cfg.env.teacher_reasoning)
+        examples = cold_start_examples(self.train_rows, tok, self.agent_config,
+                                       stop_early=cfg.coldstart.teacher_stop_early,
+                                       reasoning=cfg.env.teacher_reasoning, seed=cfg.seed)
         log(f"cold start: {len(examples)} demonstrations, {sum(len(x) for x, _ in examples) / len(examples):.0f} "
             "tokens each on average")
         return run_cold_start(model, tok, examples, cfg.coldstart, cfg.seed, log=log)

@@ -2,7 +2,7 @@
 
 Synthesized math: integer arithmetic and short multi-step word problems with exact answers.
 
-- Level 1: one addition or subtraction of numbers up to ``max_operand`` (default 99).
+- Level 1: one addition or subtraction of numbers up to ``max_operand`` (default :data:`MAX_OPERAND`).
 - Level 2: one multiplication (a one-digit by a larger number) or a three-term sum/difference.
 - Level 3: two operations with precedence, e.g. ``(a + b) * c`` or ``a * b - c``.
 - Level 4: a two- or three-step word problem.
@@ -22,6 +22,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 LEVELS = (1, 2, 3, 4)
+"""Every difficulty level (all mixed by default)."""
+MAX_OPERAND = 99
+"""Default largest number a problem states (``data.synth.max_operand``)."""
+MIN_MAX_OPERAND = 12
+"""The smallest ``max_operand`` the generators accept."""
 TEST_FRACTION_MOD = 10  # a problem is a test problem when hash % 10 == 0 (about 10% of the space)
 
 
@@ -110,22 +115,22 @@ def is_test_problem(prompt: str) -> bool:
 
 
 def iter_problems(seed: int, levels: tuple[int, ...] | list[int],
-                  max_operand: int = 99) -> Iterator[MathProblem]:
+                  max_operand: int = MAX_OPERAND) -> Iterator[MathProblem]:
     """An endless deterministic stream of problems, levels drawn uniformly from ``levels``.
 
     ``max_operand`` caps the numbers a problem states (multipliers stay single-digit)."""
     bad = [lv for lv in levels if lv not in GENERATORS]
     if bad or not levels:
         raise DataError(f"data.synth.levels={list(levels)} is invalid: allowed levels are {list(LEVELS)}")
-    if max_operand < 12:
-        raise DataError(f"data.synth.max_operand={max_operand} is invalid: must be >= 12")
+    if max_operand < MIN_MAX_OPERAND:
+        raise DataError(f"data.synth.max_operand={max_operand} is invalid: must be >= {MIN_MAX_OPERAND}")
     rng = random.Random(seed)
     while True:
         yield GENERATORS[rng.choice(list(levels))](rng, max_operand)
 
 
 def generate_math(num_train: int, num_test: int, levels: tuple[int, ...] | list[int],
-                  seed: int, max_operand: int = 99) -> tuple[list[MathProblem], list[MathProblem]]:
+                  seed: int, max_operand: int = MAX_OPERAND) -> tuple[list[MathProblem], list[MathProblem]]:
     """Unique problems for each split, disjoint across splits.
 
     Raises:

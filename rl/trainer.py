@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from rl.batch import TrainBatch, collate, kept_sets
-from rl.config import AlgorithmConfig, DeepSpeedConfig
+from rl.config import AlgorithmConfig, DeepSpeedConfig, RolloutConfig
 from rl.losses import get_aggregation, get_policy_loss, off_policy_sequence_mask
 from rl.policy.indexer_loss import indexer_parameters
 from rl.policy.logprobs import entropy_from_logits, masked_log_probs
@@ -123,7 +123,7 @@ class Trainer:
     """
 
     def __init__(self, policy: nn.Module | Callable[[], nn.Module], algo: AlgorithmConfig,
-                 ds: DeepSpeedConfig, *, temperature: float = 1.0, norm_constant: float = 1.0,
+                 ds: DeepSpeedConfig, *, temperature: float = RolloutConfig.temperature, norm_constant: float = 1.0,
                  seed: int = 0, pad_id: int = 0) -> None:
         import deepspeed
 

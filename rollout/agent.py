@@ -41,41 +41,10 @@ from typing import Any, Protocol
 
 import torch
 
-from envs.base import Environment, compact_tools, parse_turn
+from envs.base import TOOL_SCHEMAS, Environment, compact_tools, parse_turn
+from rollout.params import AgentConfig
 from rollout.sampling import SamplingParams
 from rollout.types import Trajectory
-
-
-@dataclass
-class AgentConfig:
-    """Knobs of the loop (``rl.config.EnvConfig`` maps onto these)."""
-
-    max_turns: int = 8
-    """Policy turns per episode."""
-    context_fraction: float = 0.8
-    """Drop the oldest tool outputs once the context holds this fraction of the window."""
-    tool_timeout_s: float = 5.0
-    """Default per-tool-call timeout (a tool's ``ToolSpec.timeout_s`` overrides it)."""
-    context_window: int | None = None
-    """Tokens per episode; None = the engine's ``config.max_seq_len`` or the model's maximum."""
-    max_result_chars: int = 2000
-    """Tool results are truncated to this many characters."""
-    dropped_text: str = "[older tool output dropped]"
-    """What replaces a dropped tool output."""
-    tool_schema: str = "openai"
-    """Tools in the prompt: ``openai`` (full function-calling schemas) or ``compact`` (names and
-    argument types only, ``envs.base.compact_tools``: far shorter prompts for small models)."""
-    tool_workers: int = 8
-    """Environments of a round stepped concurrently (threads; 1 = one after another)."""
-
-    @classmethod
-    def from_env_config(cls, cfg: Any, **overrides: Any) -> AgentConfig:
-        """From ``rl.config.EnvConfig`` (max_turns, context_fraction, tool_timeout_s, max_result_chars,
-        tool_schema)."""
-        kw = {"max_turns": cfg.max_turns, "context_fraction": cfg.context_fraction,
-              "tool_timeout_s": cfg.tool_timeout_s, "max_result_chars": cfg.max_result_chars,
-              "tool_schema": cfg.tool_schema}
-        return cls(**{**kw, **overrides})
 
 
 class TokenEngine(Protocol):
@@ -145,8 +114,8 @@ def run_agent(engine: TokenEngine, tasks: Sequence[Any], params: SamplingParams,
     if make_env is None:
         from envs.registry import make_env
     cfg = config or AgentConfig()
-    if cfg.tool_schema not in ("openai", "compact"):
-        raise ValueError(f"tool_schema={cfg.tool_schema!r}: allowed 'openai', 'compact'")
+    if cfg.tool_schema not in TOOL_SCHEMAS:
+        raise ValueError(f"tool_schema={cfg.tool_schema!r}: allowed {', '.join(map(repr, TOOL_SCHEMAS))}")
     tok = engine.tokenizer
     window = _window(engine, cfg)
     end_ids = _enc(tok, tok.eos_token)

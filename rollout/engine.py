@@ -33,50 +33,16 @@ batch rounds differently).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
 from rollout.decode import StaticDecoder
+from rollout.params import EngineConfig
 from rollout.sampling import SamplingParams, sample_next
 from rollout.types import Trajectory, pack_mask
 
 _REASONS = ("", "stop", "stop", "length", "context")  # codes 1 = EOS/id, 2 = stop string
 _EOS, _STR, _LEN, _CTX = 1, 2, 3, 4
-
-
-@dataclass
-class EngineConfig:
-    """Knobs of the engine itself (sampling knobs are `SamplingParams`)."""
-
-    max_batch_size: int = 64
-    """Rows decoded at once; more prompts are split into micro-batches."""
-    record_routes: bool = True
-    """Record MoE routes of every position (Keep Routing). Ignored for a model without MoE."""
-    record_topk: bool = False
-    """Record DSA selections of every position (replay). Ignored in dense attention mode."""
-    record_masks: bool = True
-    """Record the kept set of each token when truncating (Keep Sampling Mask); False saves
-    ceil(V/8) bytes per token and the packing, and leaves `sampling_mask` None."""
-    static_decode: bool = True
-    """Decode with `rollout.decode.StaticDecoder` (one-token steps with fixed shapes) when the model
-    supports it; False (or a model it does not support) decodes through the model's forward."""
-    compile: bool = False
-    """`torch.compile` the static decode step (prefill and sampling stay eager: compiled, the sampler
-    and the mask packing measured slower on CPU). Tiny preset, CPU, one thread:
-    ~2x the decode speed of the eager step, after a one-time dynamic-shape compile of ~1 min per
-    process (cached on disk by inductor, ~8-40 s for later processes). Worth it for long runs."""
-    compact_fraction: float = 0.25
-    """Compact the batch when this fraction of its rows has retired (1 = never)."""
-    max_seq_len: int | None = None
-    """Context limit (prompt + sampled); None = the model's `max_position_embeddings`."""
-
-    @classmethod
-    def from_config(cls, cfg, **overrides) -> EngineConfig:
-        """From a `rl.config.RolloutConfig` (batch_size, record_routes, record_topk, compile)."""
-        kw = {"max_batch_size": cfg.batch_size, "record_routes": cfg.record_routes, "record_topk": cfg.record_topk,
-              "compile": cfg.compile}
-        return cls(**{**kw, **overrides})
 
 
 class RolloutEngine:

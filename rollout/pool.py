@@ -45,7 +45,7 @@ from collections.abc import Sequence
 import ray
 import torch
 
-from rollout.engine import EngineConfig
+from rollout.params import CPUS_PER_WORKER, GPUS_PER_WORKER, NUM_WORKERS, WEIGHT_SYNC, EngineConfig
 from rollout.sampling import SamplingParams
 from rollout.types import Trajectory
 from rollout.worker import RolloutWorker, broadcast_state, weight_group
@@ -55,10 +55,11 @@ class RolloutPool:
     """Ray rollout workers behind one `generate` call. See the module docstring."""
 
     def __init__(self, model_config, tokenizer: str | None = None, engine_config: EngineConfig | None = None, *,
-                 num_workers: int = 1, state_dict: dict | None = None, num_cpus_per_worker: float = 1,
-                 num_gpus_per_worker: float = 0, chunk_size: int | None = None, max_in_flight: int = 2,
+                 num_workers: int = NUM_WORKERS, state_dict: dict | None = None,
+                 num_cpus_per_worker: float = CPUS_PER_WORKER, num_gpus_per_worker: float = GPUS_PER_WORKER,
+                 chunk_size: int | None = None, max_in_flight: int = 2,
                  max_restarts: int = 3, seed: int = 0, version: int = 0,
-                 actor_options: dict | None = None, weight_sync: str = "object_store") -> None:
+                 actor_options: dict | None = None, weight_sync: str = WEIGHT_SYNC[0]) -> None:
         """actor_options: merged into every worker's `.options(...)` (e.g. a placement-group
         `scheduling_strategy` from `rl.placement`). weight_sync: "object_store" or "broadcast", the
         method of `sync_weights`."""
@@ -301,10 +302,6 @@ def lost_node(node_id: str, wait_s: float = 0.0, poll_s: float = 0.5) -> str | N
 
 def _first_line(err: Exception) -> str:
     return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:160]}"
-
-
-WEIGHT_SYNC = ("object_store", "broadcast")
-"""The `weight_sync` methods (`rollout.weight_sync`)."""
 
 
 def _cpu_state(state_dict: dict) -> dict:

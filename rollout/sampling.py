@@ -25,55 +25,11 @@ composition and device.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from rollout.params import SamplingParams
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to sample one generation call (all rows share it)."""
-
-    temperature: float = 1.0
-    """Softmax temperature (> 0). With `greedy`, only scales the recorded log-probability."""
-    top_p: float = 1.0
-    """Nucleus mass in (0, 1]; 1 = off."""
-    top_k: int = 0
-    """Keep the k most likely ids; 0 = off."""
-    greedy: bool = False
-    """Argmax decoding (evaluation); no kept set is recorded."""
-    max_new_tokens: int = 64
-    """Limit on sampled tokens per row (finish reason ``length``)."""
-    stop: tuple[str, ...] = ()
-    """Stop strings: a row ends after the token that completes one in its decoded text."""
-    stop_token_ids: tuple[int, ...] = ()
-    """Extra ids that end a row, besides the tokenizer's EOS."""
-    ignore_eos: bool = False
-    """Do not stop on EOS (benchmarks: every row runs to `max_new_tokens`)."""
-
-    def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError(f"temperature={self.temperature}: must be > 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")
-        if self.top_k < 0:
-            raise ValueError(f"top_k={self.top_k}: must be >= 0 (0 = off)")
-        if self.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens={self.max_new_tokens}: must be >= 0")
-        object.__setattr__(self, "stop", tuple(self.stop))
-        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
-
-    @property
-    def truncates(self) -> bool:
-        """True when a kept set is recorded (top-k or top-p on, not greedy)."""
-        return not self.greedy and (self.top_k > 0 or self.top_p < 1.0)
-
-    @classmethod
-    def from_config(cls, cfg, **overrides) -> SamplingParams:
-        """From a `rl.config.RolloutConfig` (temperature, top_p, top_k, max_new_tokens, stop)."""
-        kw = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
-              "max_new_tokens": cfg.max_new_tokens, "stop": tuple(cfg.stop)}
-        return cls(**{**kw, **overrides})
+__all__ = ["SamplingParams", "sample_next"]
 
 
 def _truncate(x: torch.Tensor, top_k: int, top_p: float):

@@ -173,11 +173,12 @@ def demonstrations(tasks: Sequence[Any], tokenizer: Any, config: Any = None, sto
     return run_agent(engine, tasks, SamplingParams(max_new_tokens=4096), config, make_env=_trusted_env)
 
 
-def cold_start_examples(tasks: list[Task], tokenizer: Any, agent_config: Any = None, stop_early: float = 0.0,
-                        seed: int = 0, reasoning: bool = True) -> list[tuple[list[int], list[int]]]:
+def cold_start_examples(tasks: list[Task], tokenizer: Any, agent_config: Any = None, *, stop_early: float,
+                        reasoning: bool, seed: int = 0) -> list[tuple[list[int], list[int]]]:
     """SFT examples ``(ids, loss_mask)`` from the reference solutions (mask 1 on assistant turns);
     ``stop_early`` > 0: the imperfect teacher; ``reasoning``: a ``<think>`` line per turn
-    (:func:`reference_policy`)."""
+    (:func:`reference_policy`). No defaults: the run passes ``coldstart.teacher_stop_early`` and
+    ``env.teacher_reasoning``."""
     return [(t.tokens.tolist(), t.loss_mask.long().tolist())
             for t in demonstrations(tasks, tokenizer, agent_config, stop_early, seed, reasoning)]
 

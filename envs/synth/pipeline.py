@@ -59,7 +59,7 @@ def validate(task: Task, family: Family | None = None) -> str | None:
 
 
 def _env(family: Family):
-    env = family.env_class(timeout_s=5.0)
+    env = family.env_class()
     if family.name == "code":  # our own reference scripts: run in-process, not in the sandbox
         from envs.synth.code import trusted_executor
 
@@ -81,6 +81,13 @@ def synthesize_one(family: Family, seed_key: str, target_level: int) -> Task | N
         task.seed = zlib.crc32(seed_key.encode())
     return task
 
+NUM_ENVS = 2000
+"""Environments synthesized by default (``python -m envs.synthesize``, ``env.num_envs``)."""
+LEVELS = (1, 2, 3, 4, 5)
+"""Difficulty levels synthesized by default (round-robin; each family clamps to its own range)."""
+TEST_FRACTION = 0.1
+"""Share of the synthesized environments held out by default (``envs.synthesize.to_dataset``)."""
+
 
 @dataclass
 class SynthStats:
@@ -92,7 +99,7 @@ class SynthStats:
 
 
 def synthesize(n: int, seed: int = 0, families: Sequence[str] | None = None,
-               levels: Sequence[int] = (1, 2, 3, 4, 5)) -> tuple[list[Task], SynthStats]:
+               levels: Sequence[int] = LEVELS) -> tuple[list[Task], SynthStats]:
     """``n`` validated, distinct environments, deterministic in ``seed``."""
     fams = [get_family(f) for f in (families or family_names())]
     seen: set[tuple[str, str]] = set()

@@ -36,7 +36,7 @@ def test_load_tasks_synth_family_and_path(tmp_path):
 def test_cold_start_examples_and_solvable():
     tok = load_tokenizer()
     tasks, _ = load_tasks(_Cfg(name="lookup", num_envs=4, test_fraction=0.0))
-    ex = cold_start_examples(tasks, tok)
+    ex = cold_start_examples(tasks, tok, stop_early=0.0, reasoning=True)
     assert len(ex) == 4 and all(len(i) == len(m) and 0 < sum(m) < len(m) for i, m in ex)
     params = SamplingParams(max_new_tokens=512)
     kept, passes = solvable(tasks, ScriptedEngine(tok, reference_policy(tasks)), params, k=2)

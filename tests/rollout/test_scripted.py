@@ -41,7 +41,7 @@ def test_stop_early_demonstrations(tok, code_tasks):
         whole = t.expected["answer"] == weak_reference(t)[-1]["arguments"]["answer"] if t.difficulty > 1 else True
         assert d.info["env_reward"] == float(whole)
     assert any(d.info["env_reward"] == 0.0 for d in weak)
-    ex = cold_start_examples(code_tasks, tok, cfg, stop_early=1.0)
+    ex = cold_start_examples(code_tasks, tok, cfg, stop_early=1.0, reasoning=True)
     assert [ids for ids, _ in ex] == [d.tokens.tolist() for d in weak]
 
 

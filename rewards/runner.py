@@ -279,7 +279,7 @@ class RewardRunner:
         self._step = 0
         self._procs = {name: ProcessBackend(num_workers, {name: spec}, startup_timeout_s, memory_mb)
                        for name, spec in in_process.items()}
-        self.num_workers = num_workers
+        self.num_workers, self.memory_mb = num_workers, memory_mb
         for t in self.terms:  # rewards that run here: do their slow set-up now, not in step 1
             warmup = getattr(t.fn, "warmup", None)
             if t.name not in self._procs and callable(warmup):

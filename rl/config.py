@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from envs.base import TOOL_SCHEMAS
 from envs.synth import pipeline as env_synth
 from rewards import runner as reward_runner
-from rl import synth_math
+from rl import policy_defaults, synth_math
 from rollout.params import (
     CPUS_PER_WORKER,
     GPUS_PER_WORKER,
@@ -66,7 +66,7 @@ class ModelConfig:
     ``gguf:smollm2`` source or a DeepSeek-V3/V3.2 directory, converted to DSA once (cached)."""
     tokenizer: str | None = None
     """Tokenizer directory or hub id; unset = ``path``'s tokenizer, or the embedded one."""
-    attention_mode: str = _f("sparse", choices=("sparse", "dense"))
+    attention_mode: str = _f(policy_defaults.ATTENTION_MODES[0], choices=policy_defaults.ATTENTION_MODES)
     """``sparse``: DSA top-k attention; ``dense``: full causal MLA (oracle, dense warm-up)."""
     index_topk: int | None = _f(None, ge=1)
     """Override the preset's number of selected tokens per query."""
@@ -413,11 +413,11 @@ class IndexerTrainConfig:
     """Learning rate of every other parameter in the sparse stage."""
     warmup_steps: int = _f(10, ge=0)
     """Linear LR warm-up steps."""
-    indexer_loss_weight: float = _f(1.0, ge=0.0)
+    indexer_loss_weight: float = _f(policy_defaults.INDEXER_LOSS_WEIGHT, ge=0.0)
     """Weight of the indexer KL next to the LM loss in the sparse stage."""
-    index_n_heads: int = _f(4, ge=1)
+    index_n_heads: int = _f(policy_defaults.INDEX_N_HEADS, ge=1)
     """Indexer heads H_I given to a checkpoint converted on the fly."""
-    index_head_dim: int = _f(32, ge=4)
+    index_head_dim: int = _f(policy_defaults.INDEX_HEAD_DIM, ge=4)
     """Indexer head dim d_I given to a checkpoint converted on the fly (a multiple of 4)."""
     output: str | None = None
     """Where the trained policy is saved; unset = RUN_DIR/model."""

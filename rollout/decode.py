@@ -48,6 +48,7 @@ from rl.policy.mla import MLAttention
 from rl.policy.modeling import DSAForCausalLM
 from rl.policy.moe import MoE
 from rl.policy.sparse import AttentionContext
+from rollout.params import EngineConfig
 
 
 class StaticDecoder:
@@ -56,7 +57,7 @@ class StaticDecoder:
     `supports(model)` says whether a model can use it (native DSA models; anything else, e.g. a
     converted `dsa_llama`, decodes through its own forward)."""
 
-    def __init__(self, model: DSAForCausalLM, compile: bool = False) -> None:
+    def __init__(self, model: DSAForCausalLM, compile: bool = EngineConfig.compile) -> None:
         self.model = model
         self.compiled = compile
         self._step = torch.compile(self._forward, dynamic=True) if compile else self._forward

@@ -130,7 +130,7 @@ class RolloutEngine:
         return results  # type: ignore[return-value]
 
     def generate_greedy(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = ()
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = SamplingParams.stop
     ) -> list[Trajectory]:
         """Greedy (argmax) decoding, e.g. for evaluation."""
         return self.generate(prompts, SamplingParams(greedy=True, max_new_tokens=max_new_tokens, stop=tuple(stop)))

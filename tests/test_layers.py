@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("rl", "rollout", "envs", "rewards")
-LEAVES = ("rl.registry", "rl.paths", "rl.synth_math", "rl.process_group")
+LEAVES = ("rl.registry", "rl.paths", "rl.synth_math", "rl.process_group", "rl.policy_defaults")
 """Utility modules below everything: they import no module of the project."""
 LEARNER_ONLY = ("rl.trainer", "rl.loop", "rl.setup", "rl.losses", "rl.data", "rl.config")
 

@@ -22,7 +22,8 @@ from typing import Any, ClassVar
 
 from transformers import PreTrainedConfig
 
-ATTENTION_MODES = ("sparse", "dense")
+from rl.policy_defaults import ATTENTION_MODES, INDEX_HEAD_DIM, INDEX_N_HEADS, INDEXER_LOSS_WEIGHT
+
 MOE_GATES = ("sigmoid", "softmax")
 
 
@@ -30,17 +31,17 @@ class DSASparseConfig(PreTrainedConfig):
     """The DSA settings every DSA policy's config has (the native `DSAConfig` and the converted
     `DSALlamaConfig`): the lightning indexer's shape, k, the attention mode and the indexer loss."""
 
-    index_n_heads: int = 4
+    index_n_heads: int = INDEX_N_HEADS
     """Lightning-indexer query heads H_I."""
-    index_head_dim: int = 32
+    index_head_dim: int = INDEX_HEAD_DIM
     """Lightning-indexer head dim d_I (RoPE on the first half). Must be even and d_I/2 even."""
     index_topk: int = 32
     """k: keys each query attends to in sparse mode."""
-    attention_mode: str = "sparse"
+    attention_mode: str = ATTENTION_MODES[0]
     """'sparse' (DSA: indexer + top-k) or 'dense' (full causal attention, the oracle); per-call override."""
     attention_chunk_size: int = 1024
     """Query rows processed at once per layer in prefill/training (bounds the B x C x S score memory)."""
-    indexer_loss_weight: float = 1.0
+    indexer_loss_weight: float = INDEXER_LOSS_WEIGHT
     """Weight of the indexer KL loss when it is added to `output.loss` (V3.2 does not disclose it)."""
 
     def __post_init__(self, **kwargs: Any) -> None:

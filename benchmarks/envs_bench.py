@@ -14,7 +14,7 @@ import argparse
 import time
 from collections import Counter
 
-from envs.synth.pipeline import synthesize
+from envs.synth.pipeline import NUM_ENVS, synthesize
 from rewards.sandbox import sandbox_support
 from rl.policy.tokenizer import load_tokenizer
 from rollout.agent import AgentConfig, run_agent
@@ -24,7 +24,7 @@ from rollout.scripted import ScriptedEngine, reference_policy
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--n", type=int, default=NUM_ENVS)
     ap.add_argument("--episodes", type=int, default=40, help="episodes per family in part 2")
     a = ap.parse_args()
 

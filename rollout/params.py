@@ -1,8 +1,8 @@
 """The knobs of the actor side's parts, torch-free: sampling, the engine, the agent loop, the pool.
 
 Each default is written here once. ``rl.config`` names these defaults (``RolloutConfig.temperature``
-is ``SamplingParams.temperature``) and ``rl.setup`` passes every config value back through the
-``from_config`` constructors, so a setting means the same with or without the run's config
+is ``SamplingParams.temperature``) and ``rl.setup`` hands every config value to these classes through
+their ``from_config`` constructors, so a setting means the same with or without the run's config
 (``tests/test_defaults.py`` checks both). Kept free of torch so ``rl.config`` stays cheap to import.
 """
 from __future__ import annotations

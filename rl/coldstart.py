@@ -61,11 +61,16 @@ def teacher_response(solution: str, answer: str, rng: random.Random, stop_early:
     return f"<think>{' '.join(steps)}</think>\\boxed{{{answer}}}"
 
 
-def encode_chat(tok: PreTrainedTokenizerBase, prompt: str, reply: str) -> tuple[list[int], list[int]]:
-    """Token ids of a one-turn chat and its loss mask (1 on the assistant reply and its ``<|end|>``)."""
-    head = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                   add_generation_prompt=True)
-    head_ids = tok(head, add_special_tokens=False)["input_ids"]
+def encode_chat(tok: PreTrainedTokenizerBase, prompt: str, reply: str,
+                head_ids: list[int] | None = None) -> tuple[list[int], list[int]]:
+    """Token ids of a one-turn chat and its loss mask (1 on the assistant reply and its end token).
+
+    head_ids: the chat-templated prompt as the run presents it (system prompt and template
+    applied, ``rl.sources.load_prompts``); None = ``prompt`` as the only user message."""
+    if head_ids is None:
+        head = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                       add_generation_prompt=True)
+        head_ids = tok(head, add_special_tokens=False)["input_ids"]
     reply_ids = tok(reply + tok.eos_token, add_special_tokens=False)["input_ids"]
     return head_ids + reply_ids, [0] * len(head_ids) + [1] * len(reply_ids)
 
@@ -116,17 +121,17 @@ def _train(model: DSAForCausalLM, params: list[torch.nn.Parameter], batches, ste
 
 def cold_start_key(cfg: ColdStartConfig, model_cfg: dict[str, Any], data_key: str) -> str:
     """A hash of everything that determines the cold-start policy."""
-    blob = json.dumps({"v": 1, "cold": asdict(cfg), "model": model_cfg, "data": data_key}, sort_keys=True,
-                      default=str)
+    cold = {k: v for k, v in asdict(cfg).items() if k != "pretrained"}  # where it runs, not what it makes
+    blob = json.dumps({"v": 1, "cold": cold, "model": model_cfg, "data": data_key}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def teacher_examples(tok: PreTrainedTokenizerBase, rows: list[dict[str, Any]], stop_early: float,
                      rng: random.Random) -> list[tuple[list[int], list[int]]]:
-    """The teacher's demonstrations of data set records (``prompt``, ``answer``, ``solution``),
-    encoded as (ids, loss mask) pairs (``encode_chat``)."""
-    return [encode_chat(tok, r["prompt"], teacher_response(r["solution"], r["answer"], rng, stop_early))
-            for r in rows]
+    """The teacher's demonstrations of data set records (``prompt``, ``answer``, ``solution``, and
+    ``prompt_ids`` when the run templated them), encoded as (ids, loss mask) pairs (``encode_chat``)."""
+    return [encode_chat(tok, r["prompt"], teacher_response(r["solution"], r["answer"], rng, stop_early),
+                        r.get("prompt_ids")) for r in rows]
 
 
 def run_cold_start(model: DSAForCausalLM, tok: PreTrainedTokenizerBase,
@@ -157,8 +162,9 @@ def run_cold_start(model: DSAForCausalLM, tok: PreTrainedTokenizerBase,
         return model(input_ids=ids, attention_mask=att, attention_mode="dense", use_cache=False,
                      output_indexer_loss=True).indexer_loss
 
-    out["sft_loss"] = _train(model, list(model.parameters()), batches, cfg.sft_steps, cfg.lr,
-                             lm_loss("dense", False), log, "sft, dense")
+    if cfg.sft_steps:  # 0 for an already instruction-tuned checkpoint (coldstart.pretrained)
+        out["sft_loss"] = _train(model, list(model.parameters()), batches, cfg.sft_steps, cfg.lr,
+                                 lm_loss("dense", False), log, "sft, dense")
     if cfg.indexer_warmup_steps:
         params = model.freeze_all_but_indexer()
         out["indexer_warmup_loss"] = _train(model, params, batches, cfg.indexer_warmup_steps,

@@ -228,6 +228,10 @@ class ColdStartConfig:
     """Learning rate of the indexer warm-up (V3.2: 1e-3)."""
     sparse_steps: int = _f(100, ge=0)
     """Sparse-stage steps (top-k on, LM loss + indexer KL over the selected set)."""
+    pretrained: bool = False
+    """Also run these stages on a ``model.path`` policy (a converted pretrained checkpoint: set
+    ``sft_steps: 0`` to keep only DSA's indexer warm-up and sparse stage), cached like the embedded
+    model's. Off: a ``model.path`` policy starts RL as loaded."""
 
 
 @dataclass

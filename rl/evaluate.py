@@ -59,6 +59,10 @@ class Evaluator:
             result = self.rewards.score(*self.source.reward_inputs([r for r in rows for _ in range(g)], trajs))
             correct = [v > 0 for v in result.per_term[self.correct_term]]
             out[f"eval/{name}_accuracy"] = sum(correct) / len(correct)
+            if name == "greedy":  # the other terms' readings of the same answers (e.g. a lenient one)
+                for term, values in result.per_term.items():
+                    if term != self.correct_term:
+                        out[f"eval/greedy_{term}"] = sum(v > 0 for v in values) / len(values)
             out[f"eval/{name}_reward"] = sum(result.totals) / len(result.totals)
             if g > 1:
                 out[f"eval/pass@{g}"] = pass_at_k(correct, g)

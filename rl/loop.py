@@ -41,9 +41,12 @@ def run(cfg: TrainConfig, run_dir: str) -> dict[str, Any]:
     advantage = get_advantage(algo.advantage)
     history, step = run.history, run.step
     try:
+        clock = time.perf_counter()
         if step == 0:
             history.append({"step": 0, **run.evaluator(run.trainer.export_state_dict(), 0, sampled=True)})
             run.say(f"before RL: {_fmt(history[-1])}")
+        run.stage_seconds["eval_before"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         with run.progress as bar:
             task = bar.add_task("grpo", total=1000, info="")
             while (reason := run.budget.exhausted()) is None:
@@ -64,6 +67,7 @@ def run(cfg: TrainConfig, run_dir: str) -> dict[str, Any]:
                 run.budget.add_step(run.model_config, [len(t.tokens) for t in trajs],
                                     sum(t.num_sampled for t in trajs), algo.epochs_per_batch, algo.kl_coef > 0)
                 m = {"step": step, **_step_metrics(trajs, result, metrics), **run.source.metrics(trajs),
+                     **recipe_metrics(trajs, run.model_config),
                      **run.budget.metrics(),
                      "time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/train_s": t3 - t2,
                      "time/sync_s": time.perf_counter() - t3,
@@ -75,7 +79,10 @@ def run(cfg: TrainConfig, run_dir: str) -> dict[str, Any]:
                 bar.update(task, completed=int(1000 * run.budget.fraction_done()), info=_fmt(m))
                 if step % cfg.checkpoint_every == 0:
                     _checkpoint(run, step)
+        run.stage_seconds["rl"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         final = run.evaluator(run.trainer.export_state_dict(), step, sampled=True)
+        run.stage_seconds["eval_after"] = time.perf_counter() - clock
         history.append({"step": step, **final})
         run.logger.log(final, step)
         _checkpoint(run, step)
@@ -104,10 +111,51 @@ def _step_metrics(trajs, result, metrics: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def recipe_metrics(trajs, model_config: Any) -> dict[str, float]:
+    """What shows Keep Sampling Mask and DSA acting in a step's rollouts.
+
+    ``rollout/kept_set_mean`` / ``_max``: mean and largest size of the recorded kept sets (top-p /
+    top-k; absent when nothing truncates); ``rollout/sparse_token_frac``: share of sampled tokens
+    whose query saw more causal keys than ``index_topk``, so the top-k selection dropped some (0 in
+    dense mode)."""
+    from rollout.types import popcount
+
+    sizes = [popcount(t.sampling_mask[t.loss_mask]) for t in trajs if t.sampling_mask is not None]
+    out: dict[str, float] = {}
+    if sizes and sum(len(x) for x in sizes):
+        every = torch.cat(sizes).double()
+        out.update({"rollout/kept_set_mean": every.mean().item(), "rollout/kept_set_max": every.max().item()})
+    sparse = getattr(model_config, "attention_mode", "dense") == "sparse"
+    k = getattr(model_config, "index_topk", None)
+    n = sum(int(t.loss_mask.sum()) for t in trajs)
+    if n:
+        # the token at position p is produced by the query at p - 1, which sees p keys
+        over = sum(int((t.loss_mask & (torch.arange(len(t.loss_mask)) > k)).sum()) for t in trajs) if sparse and k else 0
+        out["rollout/sparse_token_frac"] = over / n
+    return out
+
+
 def _fmt(m: dict[str, Any]) -> str:
     keys = [("reward/mean", "reward"), ("eval/greedy_accuracy", "acc"), ("eval/sampled_accuracy", "sampled"),
             ("train/kl", "kl"), ("rollout/tokens_per_s", "tok/s")]
     return " ".join(f"{short} {m[k]:.3g}" for k, short in keys if k in m and m[k] == m[k])
+
+
+RECIPE_KEYS = ("train/kl", "train/clip_frac_low", "train/clip_frac_high", "train/masked_frac",
+               "train/logp_mismatch_mean", "train/logp_mismatch_max", "rollout/kept_set_mean",
+               "rollout/sparse_token_frac")
+"""The metrics that show each part of the V3.2 recipe acting (KL, clipping, off-policy masking,
+sampler/trainer agreement, Keep Sampling Mask, DSA's selection)."""
+
+
+def recipe_summary(history: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean over the training steps of each :data:`RECIPE_KEYS` metric that the run logged."""
+    out = {}
+    for key in RECIPE_KEYS:
+        values = [h[key] for h in history if key in h and h[key] == h[key]]
+        if values:
+            out[key] = sum(values) / len(values)
+    return out
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -116,6 +164,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     keys = sorted(k for k in after if k.startswith("eval/"))
     lines = [f"{'held-out':<24}{'before':>10}{'after':>10}"]
     lines += [f"{k[5:]:<24}{before.get(k, float('nan')):>10.3f}{after[k]:>10.3f}" for k in keys]
+    recipe = summary.get("recipe") or {}
+    if recipe:
+        lines.append("recipe (mean over steps): " + ", ".join(f"{k.split('/', 1)[1]} {v:.3g}" for k, v in recipe.items()))
+    if summary.get("stage_seconds"):
+        lines.append("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in summary["stage_seconds"].items()))
     b = summary["budget"]
     lines.append(f"stopped by {summary['stopped']} after {summary['steps']} steps, {b['budget/seconds']:.0f} s, "
                  f"{b['budget/samples']} samples, {b['budget/flops']:.3g} FLOPs; outputs in {summary['run_dir']}")
@@ -126,7 +179,8 @@ def _summary(run: Run, history: list[dict[str, Any]], reason: str, step: int) ->
     before = next(h for h in history if "eval/greedy_accuracy" in h)
     after = history[-1]
     summary = {"stopped": reason, "steps": step, "before": before, "after": after,
-               "budget": run.budget.metrics(), "run_dir": str(run.dir)}
+               "budget": run.budget.metrics(), "run_dir": str(run.dir),
+               "stage_seconds": dict(run.stage_seconds), "recipe": recipe_summary(history)}
     (run.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     (run.dir / "history.jsonl").write_text("\n".join(json.dumps(h, default=float) for h in history))
     plot_history(history, run.dir / "progress.png")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,6 +65,8 @@ class Run:
     say: Callable[[str], None] = print
     placement: Placement | None = None
     owns_ray: bool = False
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time of each stage so far (``convert``, ``cold_start``, ``setup``; the loop adds its own)."""
 
     def close(self) -> None:
         """Stop the workers, the trainer group, the reward workers, the logger, and the local Ray
@@ -115,7 +118,6 @@ def _policy(cfg: TrainConfig, path: str | None, tok: Any, source: TaskSource, de
     (cached) cold start, trained on ``device``."""
     from transformers import AutoModelForCausalLM
 
-    from rl.coldstart import cold_start_key, save_atomic
     from rl.policy import DSAConfig, DSAForCausalLM
 
     if path is not None:
@@ -123,6 +125,8 @@ def _policy(cfg: TrainConfig, path: str | None, tok: Any, source: TaskSource, de
             model = AutoModelForCausalLM.from_pretrained(path)  # native or converted DSA
         except Exception as err:
             raise StartupError(f"model.path={cfg.model.path!r}: could not load a DSA policy ({err})") from err
+        if cfg.coldstart.enabled and cfg.coldstart.pretrained:
+            model = _cold_start(cfg, model, tok, source, device, say, {"path": str(path)})
     else:
         overrides = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
                          "bos_token_id": tok.bos_token_id}
@@ -132,17 +136,28 @@ def _policy(cfg: TrainConfig, path: str | None, tok: Any, source: TaskSource, de
         torch.manual_seed(cfg.seed)
         model = DSAForCausalLM(model_cfg)
         if cfg.coldstart.enabled:
-            key = cold_start_key(cfg.coldstart, model_cfg.to_dict(), source.cache_key)
-            path = Path(cfg.data.cache_dir or default_cache_dir()) / "coldstart" / key
-            if (path / "config.json").exists():
-                say(f"cold start: cached policy {path}")
-                model = DSAForCausalLM.from_pretrained(path)
-            else:
-                say(f"cold start: training on {device} (cached afterwards in {path})")
-                info = source.cold_start(model.to(device), tok, cfg, say)
-                save_atomic(model, tok, path, info)
+            model = _cold_start(cfg, model, tok, source, device, say, {})
     model.config.attention_mode = cfg.model.attention_mode
     return model.config, {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def _cold_start(cfg: TrainConfig, model: Any, tok: Any, source: TaskSource, device: torch.device,
+                say: Callable[[str], None], origin: dict[str, str]) -> Any:
+    """``model`` after the cold start (``rl.coldstart``: SFT, indexer warm-up, sparse stage), loaded
+    from the cache when these settings ran before; ``origin`` names a loaded starting checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    from rl.coldstart import cold_start_key, save_atomic
+
+    key = cold_start_key(cfg.coldstart, {**model.config.to_dict(), **origin}, source.cache_key)
+    path = Path(cfg.data.cache_dir or default_cache_dir()) / "coldstart" / key
+    if (path / "config.json").exists():
+        say(f"cold start: cached policy {path}")
+        return AutoModelForCausalLM.from_pretrained(path)
+    say(f"cold start: training on {device} (cached afterwards in {path})")
+    info = source.cold_start(model.to(device), tok, cfg, say)
+    save_atomic(model, tok, path, info)
+    return model.cpu()
 
 
 def reward_runner(cfg: TrainConfig, error_log: str | None = None) -> RewardRunner:
@@ -164,6 +179,7 @@ def pool_options(cfg: TrainConfig) -> dict[str, Any]:
 
 def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None = None) -> Run:
     """Check inputs, then build the policy, trainer, workers, evaluator and logger (see module docstring)."""
+    t_start = time.perf_counter()
     say = say or (lambda s: print(s, file=sys.stderr, flush=True))
     os.environ.setdefault("WANDB_MODE", cfg.logger.mode)
     device = _device(cfg)
@@ -191,10 +207,14 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
     except PlacementError as err:
         raise StartupError(str(err)) from err  # before the (slow) cold start
 
+    t0 = time.perf_counter()
     model_path = _model_path(cfg, say)
+    t1 = time.perf_counter()
     tok = load_tokenizer(cfg.model.tokenizer or model_path)
     source = make_source(cfg, tok, data)
+    t2 = time.perf_counter()
     model_config, weights = _policy(cfg, model_path, tok, source, device, say)
+    stage_seconds = {"convert": t1 - t0, "cold_start": time.perf_counter() - t2}
 
     from rl.distributed import make_trainer
     from rl.policy.factory import build_policy
@@ -261,4 +281,5 @@ def build_run(cfg: TrainConfig, run_dir: str, say: Callable[[str], None] | None 
                budget=budget, sampler=sampler, trainer=trainer, pool=pool, evaluator=evaluator,
                sampling=sampling, logger=logger,
                progress=make_progress(cfg.logger.progress), step=step, history=history, say=say,
-               placement=placement, owns_ray=owns_ray)
+               placement=placement, owns_ray=owns_ray,
+               stage_seconds={**stage_seconds, "setup": time.perf_counter() - t_start - sum(stage_seconds.values())})

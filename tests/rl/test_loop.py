@@ -117,11 +117,19 @@ def test_grpo_on_a_converted_llama(tmp_path: Path) -> None:
     convert_pretrained(str(src), tmp_path / "dsa", index_topk=8, index_n_heads=2, index_head_dim=16)
     env = {**os.environ, "DSA_RL_CACHE": str(tmp_path / "cache")}
     run = tmp_path / "run"
-    p = _train([*TINY, "budget=smoke", f"model.path={tmp_path / 'dsa'}", f"hydra.run.dir={run}"], env)
+    # the converted model goes through DSA's indexer warm-up and sparse stage (coldstart.pretrained),
+    # then GRPO with top-p (Keep Sampling Mask) and the unbiased KL on
+    p = _train([*TINY, "budget=smoke", f"model.path={tmp_path / 'dsa'}", f"hydra.run.dir={run}",
+                "coldstart.pretrained=true", "coldstart.sft_steps=0", "rollout.top_p=0.95",
+                "algorithm.kl_coef=0.01"], env)
     out, _ = p.communicate(timeout=900)
     assert p.returncode == 0, out[-3000:]
+    assert "cold start [indexer warm-up]" in out and "cold start [sparse]" in out and "cold start [sft" not in out
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["budget"]["budget/train_flops"] > 0
+    assert set(summary["stage_seconds"]) == {"convert", "cold_start", "setup", "eval_before", "rl", "eval_after"}
+    assert {"rollout/kept_set_mean", "rollout/sparse_token_frac", "train/kl"} <= set(summary["recipe"])
+    assert 1 <= summary["recipe"]["rollout/kept_set_mean"] < len(tok)
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert all(h["train/logp_mismatch_max"] < 1e-4 for h in history if "train/logp_mismatch_max" in h)
 

@@ -80,7 +80,7 @@ def popcount(packed: torch.Tensor) -> torch.Tensor:
     >>> popcount(pack_mask(torch.tensor([[True, False, True], [False, False, False]]))).tolist()
     [2, 0]
     """
-    table = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64, device=packed.device)
+    table = torch.tensor([i.bit_count() for i in range(256)], dtype=torch.int64, device=packed.device)
     return table[packed.long()].sum(-1)
 
 

@@ -7,7 +7,7 @@ subprocesses, exactly as a user would, on ``model.path=gguf:smollm2`` (converted
 ``indexer.text=math_chat`` (synthesized word problems with worked solutions in SmolLM2's own chat
 template: not the built-in corpus), then reads their ``indexer_report.json`` files and prints:
 
-- per stage: wall time, the random-selection baseline, the indexer's top-k recall of the true attention
+- per stage: optimizer steps and training seconds (the stage's budget clock), the random-selection baseline, the indexer's top-k recall of the true attention
   top-k (mean / min / max over the 30 layers, before and after), the attention mass the selection
   captures (mean, and the ceiling: the true top-k's), and the sparse-minus-dense LM loss gap;
 - recall and mass of a few layers; the full per-layer tables are in each run's JSON report.
@@ -45,12 +45,14 @@ def summarize(reports: dict[str, dict], seconds: dict[str, float]) -> str:
     def stats(xs: list[float]) -> str:
         return f"{mean(xs):.3f} / {min(xs):.3f} / {max(xs):.3f}"
 
-    lines = [("| stage | wall s | random | recall before (mean/min/max) | recall after (mean/min/max) "
+    lines = [("| stage | steps | train s | random | recall before (mean/min/max) | recall after (mean/min/max) "
               "| mass before | mass after | mass of true top-k | LM gap before | LM gap after | dense LM after |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for stage, r in reports.items():
         b, a = r["before"], r["after"]
-        lines.append(f"| {stage} | {seconds.get(stage, float('nan')):.0f} | {a['random']:.3f} | {stats(b['recall'])} "
+        spent = r["budget"]
+        lines.append(f"| {stage} | {spent['budget/steps']} | {spent['budget/seconds']:.0f} | {a['random']:.3f} "
+                     f"| {stats(b['recall'])} "
                      f"| {stats(a['recall'])} | {mean(b['mass']):.3f} | {mean(a['mass']):.3f} "
                      f"| {mean(a['mass_best']):.3f} | {b['lm_gap']:.3f} | {a['lm_gap']:.3f} | {a['lm_dense']:.3f} |")
     lines += ["", "| layer | " + " | ".join(f"{s} recall before -> after" for s in reports) + " |",
@@ -62,6 +64,9 @@ def summarize(reports: dict[str, dict], seconds: dict[str, float]) -> str:
                 cells.append(f"{r['before']['recall'][layer]:.3f} -> {r['after']['recall'][layer]:.3f}")
         if cells:
             lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    if seconds:
+        lines += ["", "wall time per stage (conversion, measurements, training): "
+                  + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())]
     return "\n".join(lines)
 
 

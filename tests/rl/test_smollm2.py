@@ -34,17 +34,17 @@ def test_two_grpo_steps_on_smollm2_with_the_whole_recipe(tmp_path: Path, smollm2
     """Two GRPO steps of the converted SmolLM2 with the V3.2 recipe on: DSA sparse attention (top-48 of
     ~50-70-token sequences, fresh indexers), top-p 0.95 (Keep Sampling Mask), the unbiased KL against
     a reference model, two optimizer updates per step. Some samples earn a reward (sums of numbers up
-    to 12, "reply with only the number", the last number read: greedy gets a quarter to a half right;
-    at temperature 1 hardly any sample is right, hence 0.6), and the trainer's recomputed log-probs
-    match the sampler's to < 1e-3."""
+    to 12, "reply with only the number", the last number read: greedy gets a quarter of the held-out
+    ones right, sampling at temperature 1 hardly any, so temperature 0.6 and 32 samples a step; 16 a
+    step gave none in two steps), and the trainer's recomputed log-probs match the sampler's to < 1e-3."""
     run = tmp_path / "run"
     args = ["model.path=gguf:smollm2", "model.index_topk=48", "data.synth.levels=[1]", "data.synth.max_operand=12",
             "data.synth.num_train=150", "data.synth.num_test=16",
             "data.prompt_template='{prompt} Reply with only the number.'", "data.test_size=4",
             "+rewards.terms.correct.kwargs.extract=last_number",
-            "rollout.prompts_per_step=4", "algorithm.group_size=4", "rollout.max_new_tokens=24",
-            "rollout.temperature=0.6", "rollout.top_p=0.95", "algorithm.kl_coef=0.01", "algorithm.mini_batch_size=8",
-            "algorithm.micro_batch_size=8", "budget.max_steps=2", "budget.max_seconds=null",
+            "rollout.prompts_per_step=8", "algorithm.group_size=4", "rollout.max_new_tokens=24",
+            "rollout.temperature=0.6", "rollout.top_p=0.95", "algorithm.kl_coef=0.01", "algorithm.mini_batch_size=16",
+            "algorithm.micro_batch_size=16", "budget.max_steps=2", "budget.max_seconds=null",
             "checkpoint_every=100", "logger=none", "logger.progress=false", f"hydra.run.dir={run}"]
     env = {**os.environ, "DSA_RL_CACHE": str(smollm2_cache), "HF_HUB_OFFLINE": "1"}
     log = tmp_path / "out.txt"

@@ -397,8 +397,9 @@ class IndexerTrainConfig:
     """``warmup``: dense attention, only the indexers train (KL to head-summed attention);
     ``sparse``: top-k on, LM loss + indexer KL over the selected set (indexer input detached)."""
     text: str = "synth"
-    """Training text: ``synth`` (the embedded math/tool corpus), a local .txt/.json/.jsonl/.parquet
-    file or directory, or a hub data set id."""
+    """Training text: ``synth`` (the embedded math/tool corpus, in the embedded tokenizer's format),
+    ``math_chat`` (synthesized word problems with worked solutions in the model's own chat template),
+    a local .txt/.json/.jsonl/.parquet file or directory, or a hub data set id."""
     text_column: str = "text"
     """Column holding the text (files and hub sets other than .txt)."""
     text_split: str = "train"

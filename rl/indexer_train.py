@@ -36,15 +36,39 @@ import torch
 
 from rl.config import IndexerTrainConfig, TrainConfig
 
-
 # ---- data ---------------------------------------------------------------------------------------
-def load_texts(source: str, column: str, split: str, seed: int) -> list[str]:
-    """Documents of ``source``: ``synth`` (embedded corpus of seed ``seed``), a .txt file (one document
-    per blank-line-separated block), a .json/.jsonl/.parquet file or directory, or a hub id."""
+MATH_CHAT_DOCS = 2000
+"""Conversations of ``indexer.text=math_chat``."""
+
+
+def math_chat_texts(tok: Any, num: int, seed: int) -> list[str]:
+    """``num`` synthesized word problems (levels 1-4, seed ``seed``) with their worked solutions, each a
+    user/assistant conversation rendered by ``tok``'s own chat template (for a pretrained model: the
+    text it sees in RL, not the embedded tokenizer's format)."""
+    from itertools import islice
+
+    from rl.synth_math import iter_problems
+
+    if getattr(tok, "chat_template", None) is None:
+        raise ValueError("indexer.text=math_chat needs a tokenizer with a chat template (model.tokenizer=...)")
+
+    def chat(p: Any) -> list[dict[str, str]]:
+        reply = f"{p.solution} The answer is \\boxed{{{p.answer}}}."
+        return [{"role": "user", "content": p.prompt}, {"role": "assistant", "content": reply}]
+
+    return [tok.apply_chat_template(chat(p), tokenize=False) for p in islice(iter_problems(seed, (1, 2, 3, 4)), num)]
+
+
+def load_texts(source: str, column: str, split: str, seed: int, tok: Any = None) -> list[str]:
+    """Documents of ``source``: ``synth`` (embedded corpus of seed ``seed``), ``math_chat`` (see
+    :func:`math_chat_texts`; needs ``tok``), a .txt file (one document per blank-line-separated
+    block), a .json/.jsonl/.parquet file or directory, or a hub id."""
     if source == "synth":
         from rl.policy.tokenizer import training_corpus
 
         return training_corpus(num_problems=2000, seed=seed)
+    if source == "math_chat":
+        return math_chat_texts(tok, MATH_CHAT_DOCS, seed)
     path = Path(source)
     if path.suffix == ".txt":
         return [b for b in path.read_text().split("\n\n") if b.strip()]
@@ -147,25 +171,31 @@ def format_report(before: dict[str, Any], after: dict[str, Any], stage: str) -> 
 
 # ---- training -----------------------------------------------------------------------------------
 def load_policy(cfg: TrainConfig) -> tuple[Any, Any]:
-    """The model (converted if ``model.path`` is a plain Llama/Qwen2 checkpoint) and its tokenizer."""
+    """The model (converted if ``model.path`` is a plain Llama/Qwen2 checkpoint, a ``gguf:`` source or a
+    DeepSeek-V3/V3.2 directory; the last two once, cached) and its tokenizer."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from rl.policy.convert import convert_model
+    from rl.device import pick_device, pick_dtype
+    from rl.paths import default_cache_dir
+    from rl.policy.convert import cached_convert, convert_model
+    from rl.policy.deepseek import cached_conversion, is_deepseek_dir
+    from rl.policy.gguf import is_gguf
     from rl.policy.llama import DSALlamaConfig
     from rl.policy.tokenizer import load_tokenizer
 
     path = cfg.model.path
     if path is None:
-        raise ValueError("model.path is unset: give a Llama/Qwen2 checkpoint or a converted dsa_llama model")
+        raise ValueError("model.path is unset: give a Llama/Qwen2 checkpoint, a gguf: source or a converted "
+                         "dsa_llama model")
+    ic = cfg.indexer
+    if is_gguf(path):  # GGUF: dequantized, exported and converted once (cached, as rl.train does)
+        path = str(cached_convert(path, cfg.data.cache_dir or default_cache_dir(), seed=cfg.seed,
+                                  index_topk=cfg.model.index_topk or 32, index_n_heads=ic.index_n_heads,
+                                  index_head_dim=ic.index_head_dim))
     tok = load_tokenizer(cfg.model.tokenizer or path)
-    from rl.device import pick_device, pick_dtype
-
     dtype = pick_dtype(cfg.model.dtype, pick_device(cfg.device))
-    from rl.policy.deepseek import cached_conversion, is_deepseek_dir
 
     if is_deepseek_dir(path):  # DeepSeek-V3/V3.2: converted to the native DSA policy once (cached)
-        from rl.paths import default_cache_dir
-
         native = cached_conversion(path, cfg.data.cache_dir or default_cache_dir(), seed=cfg.seed, dtype=dtype,
                                    index_topk=cfg.model.index_topk)
         model = AutoModelForCausalLM.from_pretrained(native, dtype=dtype)
@@ -177,7 +207,6 @@ def load_policy(cfg: TrainConfig) -> tuple[Any, Any]:
                 layer.self_attn.topk = cfg.model.index_topk
     else:
         src = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        ic = cfg.indexer
         model = convert_model(src, seed=cfg.seed, index_topk=cfg.model.index_topk or 32,
                               index_n_heads=ic.index_n_heads, index_head_dim=ic.index_head_dim)
     return model, tok
@@ -270,7 +299,7 @@ def run(cfg: TrainConfig, run_dir: str, log: Callable[[str], None] = print) -> d
     model, tok = load_policy(cfg)
     dev = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
     model.to(dev)
-    texts = load_texts(ic.text, ic.text_column, ic.text_split, cfg.seed)
+    texts = load_texts(ic.text, ic.text_column, ic.text_split, cfg.seed, tok)
     random.Random(cfg.seed).shuffle(texts)  # the held-out documents are a random sample
     n_eval = min(max(1, len(texts) // 10), 200)
     train = pack(texts[n_eval:], tok, ic.seq_len, ic.num_sequences)

@@ -32,6 +32,7 @@ from rl.advantages import get_advantage
 from rl.config import TrainConfig
 from rl.evaluate import plot_history
 from rl.setup import Run, build_run
+from rollout.types import kept_sizes
 
 
 def run(cfg: TrainConfig, run_dir: str) -> dict[str, Any]:
@@ -108,6 +109,11 @@ def _step_metrics(trajs, result, metrics: dict[str, float]) -> dict[str, float]:
     out["reward/mean"] = sum(result.totals) / len(result.totals)
     out["response/length_mean"] = sum(lengths) / len(lengths)
     out["response/truncated_frac"] = sum(t.finish_reason == "length" for t in trajs) / len(trajs)
+    sizes = [kept_sizes(t.sampling_mask[t.loss_mask]) for t in trajs if t.sampling_mask is not None]
+    sizes = torch.cat(sizes) if sizes else torch.zeros(0)
+    if sizes.numel():  # Keep Sampling Mask acting: tokens kept per sampled token (< V when truncating)
+        out["rollout/kept_size_mean"] = sizes.float().mean().item()
+        out["rollout/kept_size_max"] = sizes.max().item()
     return out
 
 

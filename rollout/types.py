@@ -89,3 +89,15 @@ def unpack_mask(packed: torch.Tensor, vocab_size: int) -> torch.Tensor:
     weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=packed.device)
     bits = (packed.unsqueeze(-1) & weights) != 0  # (..., V/8, 8)
     return bits.flatten(-2)[..., :vocab_size]
+
+
+_POPCOUNT = torch.tensor([i.bit_count() for i in range(256)], dtype=torch.int32)
+
+
+def kept_sizes(packed: torch.Tensor) -> torch.Tensor:
+    """Size of each bit-packed kept set: (..., ceil(V/8)) uint8 -> (...,) int32 (popcount).
+
+    >>> kept_sizes(pack_mask(torch.tensor([[True, False, True], [False, False, False]]))).tolist()
+    [2, 0]
+    """
+    return _POPCOUNT.to(packed.device)[packed.long()].sum(-1, dtype=torch.int32)

@@ -42,6 +42,19 @@ def test_load_texts_from_txt_and_jsonl(tmp_path):
     assert len(load_texts("synth", "text", "train", 0)) > 100
 
 
+def test_math_chat_text_is_rendered_by_the_models_chat_template():
+    from rl.policy.tokenizer import load_tokenizer
+
+    docs = load_texts("math_chat", "text", "train", 0, load_tokenizer())
+    assert len(docs) == 2000 and len(set(docs)) > 1900
+    # seed 0's first problem, in the embedded tokenizer's template (a pretrained model uses its own)
+    assert docs[0] == ("<|bos|><|user|>Gus has 21 apples, buys 9 boxes with 8 apples each, then gives away 39. "
+                       "How many apples are left?<|end|><|assistant|>9 * 8 = 72. 21 + 72 = 93. 93 - 39 = 54. "
+                       "The answer is \\boxed{54}.<|end|>")
+    with pytest.raises(ValueError, match="needs a tokenizer with a chat template"):
+        load_texts("math_chat", "text", "train", 0, SimpleNamespace(chat_template=None))
+
+
 class _Stub(nn.Module):
     """Returns fixed maps: k = 1, one sequence of 3 tokens."""
 
@@ -123,6 +136,31 @@ def test_trained_llama_converts_exactly(llama_dir):
     ids = torch.randint(0, src.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (model(ids, attention_mode="dense", use_cache=False).logits - src(ids).logits).abs().max() < 1e-5
+
+
+def test_a_gguf_source_is_converted_through_the_cache(llama_dir, tmp_path, monkeypatch):
+    """`model.path=gguf:...`: converted once by `cached_convert` (as rl.train does) with the indexer
+    settings of the config, then loaded as the converted dsa_llama model with its tokenizer."""
+    from rl.indexer_train import load_policy
+    from rl.policy.convert import convert_pretrained
+
+    calls = []
+
+    def fake_cached_convert(src, cache_root, seed=0, **indexer):
+        calls.append((src, str(cache_root), seed, indexer))
+        dst = tmp_path / "converted"
+        if not dst.exists():
+            convert_pretrained(str(llama_dir), dst, seed=seed, **indexer)
+        return dst
+
+    monkeypatch.setattr("rl.policy.convert.cached_convert", fake_cached_convert)
+    c = _stage_config("gguf:some.gguf", "warmup", 1)
+    c.data.cache_dir = str(tmp_path / "cache")
+    model, tok = load_policy(c)
+    assert calls == [("gguf:some.gguf", str(tmp_path / "cache"), 0,
+                      {"index_topk": 8, "index_n_heads": 2, "index_head_dim": 16})]
+    assert type(model).__name__ == "DSALlamaForCausalLM" and model.config.index_topk == 8
+    assert tok.eos_token_id is not None
 
 
 def test_warmup_then_sparse(llama_dir, tmp_path):

@@ -49,6 +49,31 @@ def test_address_forms() -> None:
         check_reachable("ray://127.0.0.1:9")
 
 
+def test_step_metrics_report_kept_set_sizes() -> None:
+    """Keep Sampling Mask's kept sets are counted over sampled tokens only (prompt rows ignored)."""
+    import torch
+
+    from rewards.runner import RewardResult
+    from rl.loop import _step_metrics
+    from rollout.types import Trajectory, pack_mask
+
+    def traj(kept_rows: list[list[bool]] | None) -> Trajectory:
+        mask = torch.tensor([False, True, True])  # token 0 is the prompt
+        packed = None if kept_rows is None else pack_mask(torch.tensor(kept_rows))
+        return Trajectory(tokens=torch.zeros(3, dtype=torch.long), prompt_len=1, loss_mask=mask,
+                          logprobs=torch.zeros(3), completion="", finish_reason="stop", weight_version=0,
+                          sampling_mask=packed)
+
+    V = 10
+    full = [True] * V
+    a = traj([full, [True] * 3 + [False] * 7, [True] + [False] * 9])  # sampled tokens keep 3 and 1
+    b = traj([full, [True] * 2 + [False] * 8, full])                 # 2 and 10
+    result = RewardResult([1.0, 0.0, 0.0], {}, {}, [], 0.0)
+    m = _step_metrics([a, b, traj(None)], result, {})
+    assert m["rollout/kept_size_mean"] == (3 + 1 + 2 + 10) / 4 and m["rollout/kept_size_max"] == 10
+    assert "rollout/kept_size_mean" not in _step_metrics([traj(None)], result, {})
+
+
 def _train(args: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "rl.train", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)

@@ -109,11 +109,6 @@ def _step_metrics(trajs, result, metrics: dict[str, float]) -> dict[str, float]:
     out["reward/mean"] = sum(result.totals) / len(result.totals)
     out["response/length_mean"] = sum(lengths) / len(lengths)
     out["response/truncated_frac"] = sum(t.finish_reason == "length" for t in trajs) / len(trajs)
-    sizes = [kept_sizes(t.sampling_mask[t.loss_mask]) for t in trajs if t.sampling_mask is not None]
-    sizes = torch.cat(sizes) if sizes else torch.zeros(0)
-    if sizes.numel():  # Keep Sampling Mask acting: tokens kept per sampled token (< V when truncating)
-        out["rollout/kept_size_mean"] = sizes.float().mean().item()
-        out["rollout/kept_size_max"] = sizes.max().item()
     return out
 
 
@@ -124,9 +119,7 @@ def recipe_metrics(trajs, model_config: Any) -> dict[str, float]:
     top-k; absent when nothing truncates); ``rollout/sparse_token_frac``: share of sampled tokens
     whose query saw more causal keys than ``index_topk``, so the top-k selection dropped some (0 in
     dense mode)."""
-    from rollout.types import popcount
-
-    sizes = [popcount(t.sampling_mask[t.loss_mask]) for t in trajs if t.sampling_mask is not None]
+    sizes = [kept_sizes(t.sampling_mask[t.loss_mask]) for t in trajs if t.sampling_mask is not None]
     out: dict[str, float] = {}
     if sizes and sum(len(x) for x in sizes):
         every = torch.cat(sizes).double()

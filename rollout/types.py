@@ -73,17 +73,6 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
     return (bits * weights).sum(-1, dtype=torch.uint8)
 
 
-def popcount(packed: torch.Tensor) -> torch.Tensor:
-    """Set bits per row of a :func:`pack_mask` result: (..., ceil(V/8)) uint8 -> (...) int64 (the kept
-    set's size).
-
-    >>> popcount(pack_mask(torch.tensor([[True, False, True], [False, False, False]]))).tolist()
-    [2, 0]
-    """
-    table = torch.tensor([i.bit_count() for i in range(256)], dtype=torch.int64, device=packed.device)
-    return table[packed.long()].sum(-1)
-
-
 def unpack_mask(packed: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Inverse of :func:`pack_mask`: (..., ceil(V/8)) uint8 -> (..., V) bool."""
     weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=packed.device)

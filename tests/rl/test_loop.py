@@ -51,10 +51,11 @@ def test_address_forms() -> None:
 
 def test_step_metrics_report_kept_set_sizes() -> None:
     """Keep Sampling Mask's kept sets are counted over sampled tokens only (prompt rows ignored)."""
+    from types import SimpleNamespace
+
     import torch
 
-    from rewards.runner import RewardResult
-    from rl.loop import _step_metrics
+    from rl.loop import recipe_metrics
     from rollout.types import Trajectory, pack_mask
 
     def traj(kept_rows: list[list[bool]] | None) -> Trajectory:
@@ -68,10 +69,10 @@ def test_step_metrics_report_kept_set_sizes() -> None:
     full = [True] * V
     a = traj([full, [True] * 3 + [False] * 7, [True] + [False] * 9])  # sampled tokens keep 3 and 1
     b = traj([full, [True] * 2 + [False] * 8, full])                 # 2 and 10
-    result = RewardResult([1.0, 0.0, 0.0], {}, {}, [], 0.0)
-    m = _step_metrics([a, b, traj(None)], result, {})
-    assert m["rollout/kept_size_mean"] == (3 + 1 + 2 + 10) / 4 and m["rollout/kept_size_max"] == 10
-    assert "rollout/kept_size_mean" not in _step_metrics([traj(None)], result, {})
+    dense = SimpleNamespace(attention_mode="dense", index_topk=None)
+    m = recipe_metrics([a, b, traj(None)], dense)
+    assert m["rollout/kept_set_mean"] == (3 + 1 + 2 + 10) / 4 and m["rollout/kept_set_max"] == 10
+    assert "rollout/kept_set_mean" not in recipe_metrics([traj(None)], dense)
 
 
 def _train(args: list[str], env: dict[str, str], **kw) -> subprocess.Popen:

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import torch
 
 from rl.loop import recipe_metrics, recipe_summary
-from rollout.types import Trajectory, pack_mask, popcount
+from rollout.types import Trajectory, kept_sizes, pack_mask
 
 
 def _traj(length: int, prompt_len: int, kept: list[int] | None) -> Trajectory:
@@ -25,11 +25,11 @@ def _traj(length: int, prompt_len: int, kept: list[int] | None) -> Trajectory:
                       sampling_mask=mask)
 
 
-def test_popcount_counts_the_kept_ids():
+def test_kept_sizes_count_the_kept_ids():
     rows = torch.zeros(3, 19, dtype=torch.bool)
     rows[0, [0, 8, 18]] = True
     rows[2] = True
-    assert popcount(pack_mask(rows)).tolist() == [3, 0, 19]
+    assert kept_sizes(pack_mask(rows)).tolist() == [3, 0, 19]
 
 
 def test_kept_set_sizes_and_the_sparse_share():

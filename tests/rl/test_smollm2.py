@@ -62,4 +62,5 @@ def test_two_grpo_steps_on_smollm2_with_the_whole_recipe(tmp_path: Path, smollm2
     for h in steps:
         assert h["train/num_updates"] == 2
         assert h["train/logp_mismatch_max"] < 1e-3, h["train/logp_mismatch_max"]
-        assert 1 <= h["rollout/kept_size_mean"] < VOCAB and h["rollout/kept_size_max"] < VOCAB
+        assert 1 <= h["rollout/kept_set_mean"] < VOCAB and h["rollout/kept_set_max"] < VOCAB
+        assert h["rollout/sparse_token_frac"] > 0  # DSA's top-k dropped keys for some sampled tokens

@@ -104,11 +104,16 @@ MINI_BATCH = 64  # the math experiment's algorithm.mini_batch_size (tiny mode)
 WARMUP = 5  # rl.config.AlgorithmConfig.warmup_steps (optimizer steps)
 DATA = {"num_train": 10000, "num_test": 1000, "levels": [1, 2, 3, 4], "seed": 0, "max_operand": 20}
 MODELS = ("tiny", "smollm2")
-SMOLLM2_SYSTEM = ("Solve the math problem in a few short steps. Then write the final answer on its own "
-                  "last line, as: Answer: N")
-"""The system prompt of both sides in ``--model smollm2`` (through SmolLM2's chat template)."""
-SMOLLM2_TEMPLATE = "{prompt}"
-"""The user message of both sides in ``--model smollm2``."""
+SMOLLM2_SYSTEM: str | None = None
+"""The system prompt of both sides in ``--model smollm2``: none, so SmolLM2's chat template puts its
+own default. (Instructions there or in the user message, "end with a line Answer: N" or "put the
+final answer in \\boxed{}", scored 0/16 under the strict reading: the model ignores them.)"""
+SMOLLM2_TEMPLATE = ("Question: Tom has 3 apples and buys 4 more. How many apples does he have?\n"
+                    "Solution: 3 + 4 = 7\nAnswer: 7\n\nQuestion: {prompt}\n"
+                    "Write the solution, then the line Answer: followed by the number.")
+"""The user message of both sides in ``--model smollm2``: one worked example in the ``Answer: N``
+form, which SmolLM2 copies (7 of 16 greedy answers hold an ``Answer:`` line; it often goes on with
+a new "Question:" after it, which the strict reading, a final ``Answer:`` line, rejects)."""
 COLUMNS = ("median", "s_per_step", "rollout", "reward", "train", "sync", "strict", "lenient")
 """Per side and round: median and mean s/step, mean phase split, held-out greedy accuracy."""
 
@@ -201,8 +206,8 @@ def heldout_accuracy(path: str | Path, test_size: int, max_new_tokens: int, matc
 
 def _hydra_str(value: str) -> str:
     """``value`` as a quoted Hydra override value (it may hold spaces, colons and braces)."""
-    if '"' in value or "\\" in value or "\n" in value:
-        raise ValueError(f"{value!r}: a shared prompt setting must not contain double quotes, backslashes or newlines")
+    if '"' in value or "\\" in value:
+        raise ValueError(f"{value!r}: a shared prompt setting must not contain double quotes or backslashes")
     return f'"{value}"'
 
 
@@ -211,7 +216,7 @@ def our_overrides(args: argparse.Namespace, match: Matched) -> list[str]:
     if args.model == "tiny":
         return [f"model.path={args.policy}", f"data.test_size={args.test_size}"]
     return [f"model.path={args.source}", f"model.index_topk={args.index_topk}",
-            f"data.system_prompt={_hydra_str(match.system_prompt or '')}",
+            "data.system_prompt=" + ("null" if match.system_prompt is None else _hydra_str(match.system_prompt)),
             f"data.prompt_template={_hydra_str(match.prompt_template)}",
             f"++rewards.terms.correct.kwargs.extract={match.extract}",
             f"rollout.top_p={match.top_p}", f"algorithm.kl_coef={match.kl_coef}",
@@ -291,8 +296,8 @@ def run_trl(args, out: Path) -> dict[str, float]:
         off_policy_mask_threshold=match.off_policy_delta, loss_type="grpo", scale_rewards="none",
         epsilon=0.2, epsilon_high=0.28, max_grad_norm=1.0, max_steps=args.steps * match.updates,
         logging_steps=1, save_strategy="no", num_iterations=1, disable_dropout=True,
-        dataloader_num_workers=0, gradient_checkpointing=False,  # TRL defaults it on; ours has none
-        model_init_kwargs={"dtype": torch.float32})  # the reference model (beta > 0) in fp32 too
+        dataloader_num_workers=0, gradient_checkpointing=False)  # TRL defaults it on; ours has none
+    # (TRL's reference model, beta > 0, loads from the same path in fp32, its default.)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: lr_factor(k, warmup_steps=WARMUP, schedule="constant", decay_steps=None, min_ratio=0.0))

@@ -40,7 +40,7 @@ def test_our_overrides_quote_the_prompts():
     args = b.parse_args(["--model", "smollm2", "--index-topk", "512"])
     over = b.our_overrides(args, b.matched(args))
     assert over[:2] == ["model.path=gguf:smollm2", "model.index_topk=512"]
-    assert f'data.system_prompt="{b.SMOLLM2_SYSTEM}"' in over and 'data.prompt_template="{prompt}"' in over
+    assert "data.system_prompt=null" in over and f'data.prompt_template="{b.SMOLLM2_TEMPLATE}"' in over
     assert {"rollout.top_p=0.95", "algorithm.kl_coef=0.01", "algorithm.mini_batch_size=8",
             "++rewards.terms.correct.kwargs.extract=strict"} <= set(over)
     with pytest.raises(ValueError, match="double quotes"):

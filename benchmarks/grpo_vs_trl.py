@@ -492,6 +492,7 @@ def main() -> None:
             theirs = run_trl_subprocess(args, d, trl_env)
             ours = run_ours(args, d, env)
         rounds.append({"ours": ours, "trl": theirs})
+        (out / "rounds_partial.json").write_text(json.dumps(rounds, indent=2))  # timings so far
     for res in rounds:
         for side in ("ours", "trl"):
             res[side].update(heldout_accuracy(res[side]["final"], args.test_size, args.max_new_tokens, match,

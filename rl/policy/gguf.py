@@ -67,6 +67,8 @@ def export_gguf(source: str, dst: str | Path) -> Path:
     save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
     config = model.config.to_dict()
     config.pop("quantization_config", None)
+    config["architectures"] = config.get("architectures") or [type(model).__name__]  # GGUF leaves it null;
+    # TRL builds its reference model from it (``create_model_from_path``)
     (dst / "config.json").write_text(json.dumps(config, indent=2, default=str))
     AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(str(dst))
     return dst

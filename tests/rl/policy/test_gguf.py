@@ -40,7 +40,8 @@ def test_smollm2_exports_and_converts_exactly_in_dense_mode(tmp_path):
     from rl.policy.gguf import export_gguf
 
     plain = export_gguf("gguf:smollm2", tmp_path / "plain")
-    assert "quantization_config" not in json.loads((plain / "config.json").read_text())
+    config = json.loads((plain / "config.json").read_text())
+    assert "quantization_config" not in config and config["architectures"] == ["LlamaForCausalLM"]
     llama = AutoModelForCausalLM.from_pretrained(plain, dtype=torch.float32).eval()
     assert llama.config.model_type == "llama" and llama.config.tie_word_embeddings
     tok = AutoTokenizer.from_pretrained(plain)

@@ -47,7 +47,7 @@ def math_chat_texts(tok: Any, num: int, seed: int) -> list[str]:
     text it sees in RL, not the embedded tokenizer's format)."""
     from itertools import islice
 
-    from rl.synth_math import iter_problems
+    from rl.synth_math import LEVELS, MAX_OPERAND, iter_problems
 
     if getattr(tok, "chat_template", None) is None:
         raise ValueError("indexer.text=math_chat needs a tokenizer with a chat template (model.tokenizer=...)")
@@ -56,7 +56,7 @@ def math_chat_texts(tok: Any, num: int, seed: int) -> list[str]:
         reply = f"{p.solution} The answer is \\boxed{{{p.answer}}}."
         return [{"role": "user", "content": p.prompt}, {"role": "assistant", "content": reply}]
 
-    return [tok.apply_chat_template(chat(p), tokenize=False) for p in islice(iter_problems(seed, (1, 2, 3, 4)), num)]
+    return [tok.apply_chat_template(chat(p), tokenize=False) for p in islice(iter_problems(seed, LEVELS, MAX_OPERAND), num)]
 
 
 def load_texts(source: str, column: str, split: str, seed: int, tok: Any = None) -> list[str]:

@@ -213,13 +213,14 @@ def _hydra_str(value: str) -> str:
 
 def our_overrides(args: argparse.Namespace, match: Matched) -> list[str]:
     """The Hydra overrides of our side beyond ``+experiment=math`` and the sizes (mode settings)."""
+    # the experiment's recipe settings are overridden by the matched ones in both modes (TRL gets the same)
+    shared = [f"rollout.top_p={match.top_p}", f"algorithm.kl_coef={match.kl_coef}"]
     if args.model == "tiny":
-        return [f"model.path={args.policy}", f"data.test_size={args.test_size}"]
+        return [f"model.path={args.policy}", f"data.test_size={args.test_size}", *shared]
     return [f"model.path={args.source}", f"model.index_topk={args.index_topk}",
             "data.system_prompt=" + ("null" if match.system_prompt is None else _hydra_str(match.system_prompt)),
             f"data.prompt_template={_hydra_str(match.prompt_template)}",
-            f"++rewards.terms.correct.kwargs.extract={match.extract}",
-            f"rollout.top_p={match.top_p}", f"algorithm.kl_coef={match.kl_coef}",
+            f"++rewards.terms.correct.kwargs.extract={match.extract}", *shared,
             f"algorithm.mini_batch_size={match.mini_batch}", f"algorithm.micro_batch_size={match.mini_batch}",
             "data.test_size=1"]  # the loop's own evaluations (not timed) cut short: ours is below
 

@@ -57,16 +57,24 @@ class Evaluator:
             engine = RolloutEngine(self.model, self.tokenizer, self.engine_config)
             trajs = self.source.generate(engine, rows, params, g, self.seed + step)
             result = self.rewards.score(*self.source.reward_inputs([r for r in rows for _ in range(g)], trajs))
-            correct = [v > 0 for v in result.per_term[self.correct_term]]
-            out[f"eval/{name}_accuracy"] = sum(correct) / len(correct)
-            if name == "greedy":  # the other terms' readings of the same answers (e.g. a lenient one)
-                for term, values in result.per_term.items():
-                    if term != self.correct_term:
-                        out[f"eval/greedy_{term}"] = sum(v > 0 for v in values) / len(values)
-            out[f"eval/{name}_reward"] = sum(result.totals) / len(result.totals)
-            if g > 1:
-                out[f"eval/pass@{g}"] = pass_at_k(correct, g)
+            out.update(scores(name, result.per_term, result.totals, self.correct_term, g))
         return out
+
+
+def scores(name: str, per_term: dict[str, list[float]], totals: list[float], correct_term: str,
+           group_size: int) -> dict[str, float]:
+    """One evaluation mode's metrics from its reward values (samples in (prompt, sample) order):
+    ``eval/NAME_accuracy`` (share of samples whose ``correct_term`` is positive), ``eval/NAME_reward``
+    (mean total), ``eval/pass@G`` when ``group_size`` > 1, and for greedy decoding every other term's
+    share of positive values (``eval/greedy_TERM``: the same answers under another reading)."""
+    correct = [v > 0 for v in per_term[correct_term]]
+    out = {f"eval/{name}_accuracy": sum(correct) / len(correct), f"eval/{name}_reward": sum(totals) / len(totals)}
+    if name == "greedy":
+        out.update({f"eval/greedy_{term}": sum(v > 0 for v in values) / len(values)
+                    for term, values in per_term.items() if term != correct_term})
+    if group_size > 1:
+        out[f"eval/pass@{group_size}"] = pass_at_k(correct, group_size)
+    return out
 
 
 def pass_at_k(correct: Sequence[bool], group_size: int) -> float:

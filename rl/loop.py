@@ -119,17 +119,17 @@ def recipe_metrics(trajs, model_config: Any) -> dict[str, float]:
     top-k; absent when nothing truncates); ``rollout/sparse_token_frac``: share of sampled tokens
     whose query saw more causal keys than ``index_topk``, so the top-k selection dropped some (0 in
     dense mode)."""
-    sizes = [kept_sizes(t.sampling_mask[t.loss_mask]) for t in trajs if t.sampling_mask is not None]
     out: dict[str, float] = {}
-    if sizes and sum(len(x) for x in sizes):
-        every = torch.cat(sizes).double()
-        out.update({"rollout/kept_set_mean": every.mean().item(), "rollout/kept_set_max": every.max().item()})
-    sparse = getattr(model_config, "attention_mode", "dense") == "sparse"
-    k = getattr(model_config, "index_topk", None)
+    sizes = [kept_sizes(t.sampling_mask[t.loss_mask]) for t in trajs if t.sampling_mask is not None]
+    sizes = torch.cat(sizes).double() if sizes else torch.zeros(0)
+    if sizes.numel():
+        out.update({"rollout/kept_set_mean": sizes.mean().item(), "rollout/kept_set_max": sizes.max().item()})
     n = sum(int(t.loss_mask.sum()) for t in trajs)
     if n:
-        # the token at position p is produced by the query at p - 1, which sees p keys
-        over = sum(int((t.loss_mask & (torch.arange(len(t.loss_mask)) > k)).sum()) for t in trajs) if sparse and k else 0
+        sparse = getattr(model_config, "attention_mode", "dense") == "sparse"
+        k = getattr(model_config, "index_topk", None) if sparse else None
+        # the token at position p is produced by the query at p - 1, which sees p keys: dropped when p > k
+        over = 0 if k is None else sum(int(t.loss_mask[k + 1:].sum()) for t in trajs)
         out["rollout/sparse_token_frac"] = over / n
     return out
 

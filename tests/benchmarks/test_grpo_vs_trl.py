@@ -45,6 +45,10 @@ def test_our_overrides_quote_the_prompts():
             "++rewards.terms.correct.kwargs.extract=strict"} <= set(over)
     with pytest.raises(ValueError, match="double quotes"):
         b._hydra_str('say "hi"')
+    # tiny mode: +experiment=math now runs top-p 0.95 and KL 0.01; the README table's settings (and
+    # TRL's side) are top-p 1 and no KL, so ours is told so
+    tiny = b.parse_args(["--policy", "/p"])
+    assert {"rollout.top_p=1.0", "algorithm.kl_coef=0.0"} <= set(b.our_overrides(tiny, b.matched(tiny)))
 
 
 def _side(median, strict):

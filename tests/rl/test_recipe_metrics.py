@@ -80,3 +80,15 @@ def test_the_summary_table_shows_the_recipe_and_the_stage_times():
     assert "greedy_lenient               0.300     0.500" in text
     assert "recipe (mean over steps): kl 0.002, kept_set_mean 3.5" in text
     assert "wall time: convert 12 s, rl 300 s" in text
+
+
+def test_evaluation_scores_each_reading_of_the_same_answers():
+    from rl.evaluate import scores
+
+    # 2 prompts x 2 samples; the strict term is trained, the lenient one has weight 0
+    per_term = {"correct": [1.0, 0.0, 0.0, 0.0], "lenient": [1.0, 1.0, 0.0, 1.0]}
+    totals = [1.0, 0.0, 0.0, 0.0]
+    assert scores("sampled", per_term, totals, "correct", 2) == {
+        "eval/sampled_accuracy": 0.25, "eval/sampled_reward": 0.25, "eval/pass@2": 0.5}
+    assert scores("greedy", per_term, totals, "correct", 1) == {
+        "eval/greedy_accuracy": 0.25, "eval/greedy_reward": 0.25, "eval/greedy_lenient": 0.75}

@@ -57,8 +57,9 @@ the same ``rl.train`` subprocess as above; ``--index-topk`` sets the DSA top-k, 
 V3.2: longer than every sequence here, so the selection keeps every key and attention is exactly
 the dense one, while the untrained indexers of a fresh conversion select nothing). Both sides get
 the same chat prompts (SmolLM2's chat template, ``SMOLLM2_SYSTEM`` / ``SMOLLM2_TEMPLATE``, our
-``data.system_prompt`` / ``data.prompt_template``), the same reward (``math_correct`` with the strict
-reading: a unique boxed answer or a final ``Answer: N`` line), B x G, new tokens, learning rate
+``data.system_prompt`` / ``data.prompt_template``), the same problems (``DATA``: the smollm_math
+experiment's), the same reward (``math_correct`` with the ``--extract`` reading, default
+``last_number``: the untouched model never writes the strict format, see ``SMOLLM2_TEMPLATE``), B x G, new tokens, learning rate
 and warm-up, and the V3.2 recipe where TRL has it: top-p (``--top-p``, both samplers), the unbiased
 KL (``--kl``: ours ``unbiased_k3`` with a frozen reference, TRL ``beta`` with
 ``use_bias_correction_kl=True``, the same estimator), ``--updates`` optimizer updates per step
@@ -70,7 +71,7 @@ with an extra forward (its design when ``steps_per_generation > 1``); ours takes
 log-probs. Both in fp32 on the same threads, TRL without vLLM (``transformers.generate``).
 Held-out: greedy on the first ``--test-size`` held-out problems, both final policies decoded by
 our ``RolloutEngine`` (TRL's Llama converted in memory: exact in dense mode), scored with the
-trained (strict) reading and, beside it, the lenient last-number one. Our loop's own evaluations
+trained reading and, beside it, the lenient last-number one. Our loop's own evaluations
 are cut to one problem (``data.test_size=1``) and are not counted in s/step.
 
 Run: python -m benchmarks.grpo_vs_trl --policy /tmp/e2e_cache/coldstart/b074d28a70fe1402 [--steps 10]
@@ -100,21 +101,24 @@ if "--trl-only" not in sys.argv and __name__ == "__main__":  # (the TRL child ke
 
 import torch
 
+from rewards.text import ANSWER_STYLES
+
 MINI_BATCH = 64  # the math experiment's algorithm.mini_batch_size (tiny mode)
 WARMUP = 5  # rl.config.AlgorithmConfig.warmup_steps (optimizer steps)
-DATA = {"num_train": 10000, "num_test": 1000, "levels": [1, 2, 3, 4], "seed": 0, "max_operand": 20}
+DATA = {"tiny": {"num_train": 10000, "num_test": 1000, "levels": [1, 2, 3, 4], "seed": 0, "max_operand": 20},
+        "smollm2": {"num_train": 2000, "num_test": 200, "levels": [1, 2], "seed": 0, "max_operand": 20}}
+"""The synthesized problems per mode: tiny the math experiment's, smollm2 the smollm_math experiment's
+(one or two operations: the levels a 135M model answers some of)."""
 MODELS = ("tiny", "smollm2")
 SMOLLM2_SYSTEM: str | None = None
 """The system prompt of both sides in ``--model smollm2``: none, so SmolLM2's chat template puts its
-own default. (Instructions there or in the user message, "end with a line Answer: N" or "put the
-final answer in \\boxed{}", scored 0/16 under the strict reading: the model ignores them.)"""
-SMOLLM2_TEMPLATE = ("Question: Tom has 3 apples and buys 4 more. How many apples does he have?\n"
-                    "Solution: 3 + 4 = 7\nAnswer: 7\n\nQuestion: {prompt}\n"
-                    "Write the solution, then the line Answer: followed by the number.")
-"""The user message of both sides in ``--model smollm2``: one worked example in the ``Answer: N``
-form, which SmolLM2 copies (7 of 16 greedy answers hold an ``Answer:`` line; it often goes on with
-a new "Question:" after it, which the strict reading, a final ``Answer:`` line, rejects)."""
-COLUMNS = ("median", "s_per_step", "rollout", "reward", "train", "sync", "strict", "lenient")
+own default."""
+SMOLLM2_TEMPLATE = "{prompt}\nEnd your answer with the final number."
+"""The user message of both sides in ``--model smollm2``. The untouched model never writes the strict
+format (a boxed answer or a final ``Answer: N`` line: 0/16 under instructions asking for either;
+a one-shot ``Answer: N`` example is copied, then the model goes on with a new "Question:"), so
+this mode trains the lenient last-number reading (``--extract``), under which it has reward."""
+COLUMNS = ("median", "s_per_step", "rollout", "reward", "train", "sync", "trained", "lenient")
 """Per side and round: median and mean s/step, mean phase split, held-out greedy accuracy."""
 
 
@@ -125,7 +129,7 @@ class Matched:
     system_prompt: str | None
     prompt_template: str
     extract: str
-    """The trained reward's answer reading (``rewards.text.ANSWER_STYLES``)."""
+    """The trained reward's answer reading (``rewards.text.ANSWER_STYLES``; ``--extract``)."""
     top_p: float
     kl_coef: float
     """Ours ``algorithm.kl_coef`` (unbiased_k3), TRL ``beta`` (with its bias-corrected k3)."""
@@ -141,18 +145,19 @@ def matched(args: argparse.Namespace) -> Matched:
     """The shared settings of ``args``' mode."""
     samples = args.prompts * args.group
     if args.model == "tiny":  # the settings the README's tiny-model table was measured with
-        return Matched(None, "{prompt}", "strict", 1.0, 0.0, None, samples // MINI_BATCH, MINI_BATCH)
+        return Matched(None, "{prompt}", args.extract, 1.0, 0.0, None, samples // MINI_BATCH, MINI_BATCH)
     from rl.config import AlgorithmConfig
 
-    return Matched(SMOLLM2_SYSTEM, SMOLLM2_TEMPLATE, "strict", args.top_p, args.kl,
+    return Matched(SMOLLM2_SYSTEM, SMOLLM2_TEMPLATE, args.extract, args.top_p, args.kl,
                    AlgorithmConfig.off_policy_delta, args.updates, samples // args.updates)
 
 
-def _data():
+def _data(model: str):
+    """The synthesized problems of mode ``model`` (``DATA``)."""
     from rl.data import synth_math_dataset
 
-    return synth_math_dataset(DATA["num_train"], DATA["num_test"], DATA["levels"], DATA["seed"],
-                              max_operand=DATA["max_operand"])
+    d = DATA[model]
+    return synth_math_dataset(d["num_train"], d["num_test"], d["levels"], d["seed"], max_operand=d["max_operand"])
 
 
 def smollm2_llama(cache_root: str | Path | None = None) -> Path:
@@ -184,9 +189,10 @@ def _load_for_eval(path: str | Path, index_topk: int):
 
 
 def heldout_accuracy(path: str | Path, test_size: int, max_new_tokens: int, match: Matched,
-                     index_topk: int = 2048) -> dict[str, float]:
-    """Greedy accuracy of the policy saved at ``path`` on the first ``test_size`` held-out problems:
-    ``strict`` under the trained reading, ``lenient`` reading the last number."""
+                     index_topk: int = 2048, model_name: str = "tiny") -> dict[str, float]:
+    """Greedy accuracy of the policy saved at ``path`` on the first ``test_size`` held-out problems of
+    mode ``model_name``: ``trained`` under the trained reading (``match.extract``), ``lenient`` reading
+    the last number."""
     from transformers import AutoTokenizer
 
     from rewards.builtin import math_correct
@@ -195,13 +201,13 @@ def heldout_accuracy(path: str | Path, test_size: int, max_new_tokens: int, matc
 
     tok = AutoTokenizer.from_pretrained(path)
     model = _load_for_eval(path, index_topk)
-    test = _data()["test"].select(range(test_size))
+    test = _data(model_name)["test"].select(range(test_size))
     engine = RolloutEngine(model, tok, EngineConfig(record_routes=False, record_topk=False, record_masks=False))
     prompts = engine.encode([prompt_messages(p, match.system_prompt, match.prompt_template) for p in test["prompt"]])
     texts = [t.completion for t in engine.generate_greedy(prompts, max_new_tokens)]
     users, gold = list(test["prompt"]), list(test["answer"])
     return {name: sum(math_correct(users, texts, answer=gold, extract=style)) / len(texts)
-            for name, style in (("strict", match.extract), ("lenient", "last_number"))}
+            for name, style in (("trained", match.extract), ("lenient", "last_number"))}
 
 
 def _hydra_str(value: str) -> str:
@@ -217,7 +223,11 @@ def our_overrides(args: argparse.Namespace, match: Matched) -> list[str]:
     shared = [f"rollout.top_p={match.top_p}", f"algorithm.kl_coef={match.kl_coef}"]
     if args.model == "tiny":
         return [f"model.path={args.policy}", f"data.test_size={args.test_size}", *shared]
+    d = DATA["smollm2"]
     return [f"model.path={args.source}", f"model.index_topk={args.index_topk}",
+            f"data.synth.num_train={d['num_train']}", f"data.synth.num_test={d['num_test']}",
+            f"data.synth.levels=[{','.join(map(str, d['levels']))}]", f"data.synth.seed={d['seed']}",
+            f"data.synth.max_operand={d['max_operand']}",
             "data.system_prompt=" + ("null" if match.system_prompt is None else _hydra_str(match.system_prompt)),
             f"data.prompt_template={_hydra_str(match.prompt_template)}",
             f"++rewards.terms.correct.kwargs.extract={match.extract}", *shared,
@@ -279,7 +289,7 @@ def run_trl(args, out: Path) -> dict[str, float]:
     path = args.policy if args.model == "tiny" else args.llama
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    train = _data()["train"].map(
+    train = _data(args.model)["train"].map(
         lambda r: {"prompt": prompt_messages(r["prompt"], match.system_prompt, match.prompt_template)},
         remove_columns=["solution", "level"])
 
@@ -376,6 +386,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-new-tokens", type=int, default=None, help="tiny 40, smollm2 64")
     ap.add_argument("--lr", type=float, default=None, help="tiny 1e-4, smollm2 1e-5")
     ap.add_argument("--test-size", type=int, default=None, help="held-out problems (tiny 200, smollm2 50)")
+    ap.add_argument("--extract", default=None, choices=ANSWER_STYLES,
+                    help="the trained reward's answer reading, both sides (tiny: strict; smollm2: last_number)")
     ap.add_argument("--top-p", type=float, default=0.95, help="smollm2: top-p of both samplers")
     ap.add_argument("--kl", type=float, default=0.01, help="smollm2: KL coefficient of both (unbiased k3)")
     ap.add_argument("--updates", type=int, default=2, help="smollm2: optimizer updates per GRPO step")
@@ -393,8 +405,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
     args.argv = [a for i, a in enumerate(argv) if a != "--trl-only" and (i == 0 or argv[i - 1] != "--trl-only")]
-    defaults = {"tiny": {"steps": 10, "prompts": 16, "group": 8, "max_new_tokens": 40, "lr": 1e-4, "test_size": 200},
-                "smollm2": {"steps": 3, "prompts": 4, "group": 4, "max_new_tokens": 64, "lr": 1e-5, "test_size": 50}}
+    defaults = {"tiny": {"steps": 10, "prompts": 16, "group": 8, "max_new_tokens": 40, "lr": 1e-4, "test_size": 200,
+                         "extract": "strict"},
+                "smollm2": {"steps": 3, "prompts": 4, "group": 4, "max_new_tokens": 64, "lr": 1e-5, "test_size": 50,
+                            "extract": "last_number"}}
     for key, value in defaults[args.model].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -414,13 +428,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def summarize(rounds: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
     """Medians over rounds (``rounds[r] = {"ours": {...}, "trl": {...}}``, each with ``COLUMNS``): per
     side the median of each column; ``ratio`` the median of the rounds' median-s/step ratios (ours /
-    TRL); ``gap`` the median strict-accuracy difference (ours - TRL); ``met``: ratio <= 0.5, gap >= 0."""
+    TRL); ``gap`` the median accuracy difference under the trained reading (ours - TRL); ``met``: ratio <= 0.5, gap >= 0."""
     out: dict[str, Any] = {side: {c: statistics.median(r[side][c] for r in rounds) for c in COLUMNS}
                            for side in ("ours", "trl")}
     out["ratios"] = [r["ours"]["median"] / r["trl"]["median"] for r in rounds]
     out["ratio"] = statistics.median(out["ratios"])
     out["mean_ratio"] = statistics.median(r["ours"]["s_per_step"] / r["trl"]["s_per_step"] for r in rounds)
-    out["gap"] = statistics.median(r["ours"]["strict"] - r["trl"]["strict"] for r in rounds)
+    out["gap"] = statistics.median(r["ours"]["trained"] - r["trl"]["trained"] for r in rounds)
     out["met"] = out["ratio"] <= 0.5 and out["gap"] >= 0
     return out
 
@@ -429,12 +443,12 @@ def format_table(rounds: list[dict[str, dict[str, float]]], summary: dict[str, A
                  names: tuple[str, str] = ("dsa-rl", "TRL")) -> str:
     """A Markdown table: one row per side and round (which side went first), then the medians."""
     head = ("| round | side | s/step (median) | s/step (mean) | generation | reward | train | sync "
-            "| held-out strict | lenient |")
+            "| held-out (trained reading) | lenient |")
     lines = [head, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
 
     def row(label: str, name: str, res: dict[str, float]) -> str:
         return (f"| {label} | {name} | {res['median']:.2f} | {res['s_per_step']:.2f} | {res['rollout']:.2f} | "
-                f"{res['reward']:.2f} | {res['train']:.2f} | {res['sync']:.2f} | {100 * res['strict']:.1f}% | "
+                f"{res['reward']:.2f} | {res['train']:.2f} | {res['sync']:.2f} | {100 * res['trained']:.1f}% | "
                 f"{100 * res['lenient']:.1f}% |")
 
     for r, res in enumerate(rounds):
@@ -479,7 +493,7 @@ def main() -> None:
             sys.exit(f"--model smollm2: {err}")
         start = args.llama
 
-    acc0 = heldout_accuracy(start, args.test_size, args.max_new_tokens, match, args.index_topk)
+    acc0 = heldout_accuracy(start, args.test_size, args.max_new_tokens, match, args.index_topk, args.model)
     trl_env = {**env, "OMP_WAIT_POLICY": args.trl_wait_policy}
     rounds = []
     for r in range(args.rounds):
@@ -497,20 +511,20 @@ def main() -> None:
     for res in rounds:
         for side in ("ours", "trl"):
             res[side].update(heldout_accuracy(res[side]["final"], args.test_size, args.max_new_tokens, match,
-                                              args.index_topk))
+                                              args.index_topk, args.model))
     summary = summarize(rounds)
     print(f"\nGRPO on {args.model}, {args.steps} steps x {args.prompts} prompts x {args.group} completions, "
           f"{args.max_new_tokens} new tokens, lr {args.lr}, {match.updates} updates per step, top-p {match.top_p}, "
           f"KL {match.kl_coef}, CPU threads {torch.get_num_threads()}; held-out greedy accuracy on {args.test_size} "
-          f"problems (start: strict {acc0['strict']:.3f}, lenient {acc0['lenient']:.3f}); "
+          f"problems (start: {match.extract} {acc0['trained']:.3f}, lenient {acc0['lenient']:.3f}); "
           f"our overrides: {' '.join(args.ours) or 'none'}")
     print(format_table(rounds, summary))
     each = ", ".join(f"{x:.2f}" for x in summary["ratios"])
     print(f"time ratio ours/TRL {summary['ratio']:.2f} (median of the rounds' median-s/step ratios: {each}; "
-          f"of mean ratios {summary['mean_ratio']:.2f}; goal <= 0.50), strict accuracy {summary['gap']:+.3f} vs TRL "
+          f"of mean ratios {summary['mean_ratio']:.2f}; goal <= 0.50), {match.extract} accuracy {summary['gap']:+.3f} vs TRL "
           f"(median over rounds; goal >= 0): {'met' if summary['met'] else 'NOT met'}; outputs in {out}")
     result = {"settings": {k: v for k, v in vars(args).items() if k not in ("argv", "trl_only")},
-              "matched": asdict(match), "data": DATA, "start": acc0, "rounds": rounds, "summary": summary}
+              "matched": asdict(match), "data": DATA[args.model], "start": acc0, "rounds": rounds, "summary": summary}
     path = Path(args.json or out / "results.json")
     path.write_text(json.dumps(result, indent=2))
     print(f"results: {path}")

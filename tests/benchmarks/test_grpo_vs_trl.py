@@ -15,7 +15,9 @@ def test_mode_defaults_and_matched_settings():
     smol = b.parse_args(["--model", "smollm2", "--steps", "2"])
     assert (smol.steps, smol.prompts, smol.group, smol.max_new_tokens, smol.lr, smol.test_size) == (2, 4, 4, 64, 1e-5, 50)
     m = b.matched(smol)
-    assert (m.updates, m.mini_batch, m.top_p, m.kl_coef, m.off_policy_delta, m.extract) == (2, 8, 0.95, 0.01, 0.05, "strict")
+    assert (m.updates, m.mini_batch, m.top_p, m.kl_coef, m.off_policy_delta, m.extract) == (2, 8, 0.95, 0.01, 0.05, "last_number")
+    assert b.matched(b.parse_args(["--model", "smollm2", "--extract", "strict"])).extract == "strict"
+    assert b.matched(tiny).extract == "strict"
     assert m.system_prompt == b.SMOLLM2_SYSTEM and smol.argv == ["--model", "smollm2", "--steps", "2"]
 
 
@@ -42,7 +44,9 @@ def test_our_overrides_quote_the_prompts():
     assert over[:2] == ["model.path=gguf:smollm2", "model.index_topk=512"]
     assert "data.system_prompt=null" in over and f'data.prompt_template="{b.SMOLLM2_TEMPLATE}"' in over
     assert {"rollout.top_p=0.95", "algorithm.kl_coef=0.01", "algorithm.mini_batch_size=8",
-            "++rewards.terms.correct.kwargs.extract=strict"} <= set(over)
+            "++rewards.terms.correct.kwargs.extract=last_number"} <= set(over)
+    # both sides train on the smollm_math experiment's problems (levels 1-2)
+    assert {"data.synth.levels=[1,2]", "data.synth.num_train=2000", "data.synth.max_operand=20"} <= set(over)
     with pytest.raises(ValueError, match="double quotes"):
         b._hydra_str('say "hi"')
     # tiny mode: +experiment=math now runs top-p 0.95 and KL 0.01; the README table's settings (and
@@ -51,9 +55,9 @@ def test_our_overrides_quote_the_prompts():
     assert {"rollout.top_p=1.0", "algorithm.kl_coef=0.0"} <= set(b.our_overrides(tiny, b.matched(tiny)))
 
 
-def _side(median, strict):
+def _side(median, trained):
     return {"median": median, "s_per_step": median + 1, "rollout": 1.0, "reward": 0.1, "train": 2.0, "sync": 0.5,
-            "strict": strict, "lenient": 0.5}
+            "trained": trained, "lenient": 0.5}
 
 
 def test_summary_takes_medians_over_rounds_and_the_table_lists_them():
@@ -61,7 +65,7 @@ def test_summary_takes_medians_over_rounds_and_the_table_lists_them():
               {"ours": _side(6.0, 0.3), "trl": _side(10.0, 0.1)},   # 0.6
               {"ours": _side(3.0, 0.2), "trl": _side(12.0, 0.3)}]   # 0.25
     s = b.summarize(rounds)
-    assert s["ours"]["median"] == 4.0 and s["trl"]["median"] == 10.0 and s["ours"]["strict"] == 0.2
+    assert s["ours"]["median"] == 4.0 and s["trl"]["median"] == 10.0 and s["ours"]["trained"] == 0.2
     assert s["ratios"] == [0.4, 0.6, 0.25] and s["ratio"] == 0.4
     assert s["mean_ratio"] == pytest.approx(5 / 11)  # (5/11, 7/11, 4/13)
     assert s["gap"] == pytest.approx(0.0) and s["met"]  # gaps 0, +0.2, -0.1

@@ -84,6 +84,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -169,6 +170,7 @@ def smollm2_llama(cache_root: str | Path | None = None) -> Path:
     out = Path(cache_root or default_cache_dir()) / "exported" / SMOLLM2
     if not (out / "config.json").exists():
         tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)  # what an interrupted export left
         export_gguf(PREFIX + SMOLLM2, tmp)
         tmp.rename(out)
     return out

@@ -67,6 +67,44 @@ def test_sparse_equals_dense_when_every_key_fits_and_differs_otherwise():
     assert (d[:, 6:] - s[:, 6:]).abs().max() > 1e-3
 
 
+def _logp_sum(model, ids: torch.Tensor, **kw) -> torch.Tensor:
+    """Sum of the log-probabilities of ``ids``' next tokens (a policy-gradient-like scalar)."""
+    logits = model(ids, use_cache=False, **kw).logits[:, :-1]
+    return torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).sum()
+
+
+def test_gradients_equal_the_source_in_dense_mode_and_finite_differences_in_sparse_mode():
+    """RL trains the converted model: in dense mode every weight's gradient is the source Llama's
+    (GQA, tied embeddings); in sparse mode, with the selection held (perturbing only the last layer's
+    attention and MLP, downstream of its indexer's input), autograd agrees with central differences."""
+    src = _source(tie_word_embeddings=True)
+    model = convert_model(_source(tie_word_embeddings=True), **INDEXER)
+    ids = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(7))
+    _logp_sum(src, ids).backward()
+    _logp_sum(model, ids, attention_mode="dense").backward()
+    ref = {n: p.grad for n, p in src.named_parameters()}
+    for name, p in model.named_parameters():
+        if ".indexer." not in name:
+            assert (p.grad - ref[name]).norm() <= 1e-5 * ref[name].norm(), name
+    model.zero_grad()
+    last = [p for n, p in model.named_parameters()
+            if n.startswith("model.layers.1.") and ".indexer." not in n and "input_layernorm" not in n]
+    grads = torch.autograd.grad(_logp_sum(model, ids, attention_mode="sparse"), last)
+    direction = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) for i, p in enumerate(last)]
+    eps = 1e-3
+    with torch.no_grad():
+        values = []
+        for sign in (1, -1):
+            for p, d in zip(last, direction):
+                p.add_(sign * eps * d)
+            values.append(_logp_sum(model, ids, attention_mode="sparse"))
+            for p, d in zip(last, direction):
+                p.sub_(sign * eps * d)
+    numeric = (values[0] - values[1]) / (2 * eps)
+    analytic = sum((g * d).sum() for g, d in zip(grads, direction))
+    assert abs(numeric - analytic) <= 1e-2 * abs(analytic)
+
+
 def test_topk_output_and_replay():
     model = convert_model(_source(), **INDEXER)
     ids = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(5))

@@ -134,6 +134,27 @@ def teacher_examples(tok: PreTrainedTokenizerBase, rows: list[dict[str, Any]], s
                         r.get("prompt_ids")) for r in rows]
 
 
+def overlong_replies(examples: list[tuple[list[int], list[int]]], max_new_tokens: int) -> tuple[int, int]:
+    """(how many, longest): the demonstrations whose reply (the loss-masked tokens, end token
+    included) is longer than ``max_new_tokens``, which a rollout therefore cuts before its answer.
+
+    >>> overlong_replies([([1, 2, 3, 4], [0, 1, 1, 1]), ([1, 2], [0, 1])], max_new_tokens=2)
+    (1, 3)
+    """
+    lengths = [sum(mask) for _, mask in examples]
+    return sum(n > max_new_tokens for n in lengths), max(lengths, default=0)
+
+
+def overlong_warning(examples: list[tuple[list[int], list[int]]], max_new_tokens: int) -> str | None:
+    """A one-line warning when some demonstrations do not fit a rollout (``overlong_replies``), else None."""
+    count, longest = overlong_replies(examples, max_new_tokens)
+    if not count:
+        return None
+    return (f"warning: {count} of {len(examples)} cold-start replies are longer than rollout.max_new_tokens="
+            f"{max_new_tokens} (longest {longest} tokens): rollouts of such problems are cut before the "
+            f"answer and score 0; set rollout.max_new_tokens={longest} to fit them all")
+
+
 def run_cold_start(model: DSAForCausalLM, tok: PreTrainedTokenizerBase,
                    examples: list[tuple[list[int], list[int]]], cfg: ColdStartConfig, seed: int,
                    log: Callable[[str], None] = print, rng: random.Random | None = None) -> dict[str, float]:

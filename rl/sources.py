@@ -82,10 +82,13 @@ class PromptSource:
 
     def cold_start(self, model: Any, tok: Any, cfg: TrainConfig, log: Callable[[str], None]) -> dict[str, float]:
         """Supervised cold start on the (imperfect) teacher's worked solutions (``rl.coldstart``)."""
-        from rl.coldstart import run_cold_start, teacher_examples
+        from rl.coldstart import overlong_warning, run_cold_start, teacher_examples
 
         rng = random.Random(cfg.seed)  # one generator: the teacher's choices, then the batch order
         examples = teacher_examples(tok, self.train_rows, cfg.coldstart.teacher_stop_early, rng)
+        warning = overlong_warning(examples, cfg.rollout.max_new_tokens)
+        if warning:
+            log(warning)
         return run_cold_start(model, tok, examples, cfg.coldstart, cfg.seed, log=log, rng=rng)
 
 

@@ -37,6 +37,8 @@ from rewards.text import (
     dominant_script,
     extract_answer,
     extract_math_answer,
+    is_number_literal,
+    leaves_a_calculation,
     prompt_text,
     script_histogram,
     split_answer,
@@ -81,13 +83,19 @@ def math_equal(gold: Any, predicted: str) -> bool:
 
 @register_reward("math_correct")
 def math_correct(prompts: Sequence[Any], completions: Sequence[str], answer: Sequence[Any],
-                 think_in_prompt: bool | None = None, extract: str = "strict", **fields: Any) -> list[float]:
+                 think_in_prompt: bool | None = None, extract: str = "strict", calculations: bool = False,
+                 **fields: Any) -> list[float]:
     """1.0 when the completion's final answer equals the reference ``answer``, else 0.0.
 
     Only the answer part counts (text after ``</think>``). By default (``extract="strict"``) the
     answer is the (unique) boxed expression, or the final ``Answer: X`` line; several distinct boxed
     answers score 0. Other readings (``rewards.text.extract_answer``): ``boxed``, ``answer_line``,
     ``hash`` (``#### X``), ``last_number`` (lenient). Equality is math-verify's in every case.
+
+    When the reference is a plain number, an answer that still holds a calculation
+    (``\\boxed{14 - 13}`` for 1: ``rewards.text.leaves_a_calculation``) scores 0: math-verify would
+    evaluate it, and a policy learns to copy the problem's expression into the box and leave the
+    arithmetic to the verifier (SmolLM2 did, within 16 GRPO steps). ``calculations=True`` accepts them.
 
     Args:
         answer: (B,) reference answers (LaTeX or plain strings, or numbers), a dataset column.
@@ -104,6 +112,9 @@ def math_correct(prompts: Sequence[Any], completions: Sequence[str], answer: Seq
     for flag, completion, gold in zip(_think_flags(prompts, think_in_prompt), completions, answer, strict=True):
         _, answer_part = split_answer(completion, flag)
         predicted = extract_answer(answer_part, extract) if answer_part is not None else None
+        if predicted is not None and not calculations and is_number_literal(str(gold)) \
+                and leaves_a_calculation(predicted):
+            predicted = None  # the arithmetic is left undone (see above)
         scores.append(1.0 if predicted is not None and math_equal(gold, predicted) else 0.0)
     return scores
 

@@ -111,6 +111,29 @@ def _answer_line_value(line: str) -> str | None:
 ANSWER_STYLES = ("strict", "boxed", "answer_line", "hash", "last_number")
 """How a math answer is read from an answer part (:func:`extract_answer`)."""
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+_NUMBER_LITERAL = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+_CALCULATION = re.compile(r"\d\s*(?:[-+*^\u00d7\u00f7]|\\times|\\cdot|\\div)\s*[-+(]?\s*\d")
+
+
+def is_number_literal(text: str) -> bool:
+    """Whether ``text`` is one plainly written number (sign, digits, thousands commas, decimals).
+
+    >>> [is_number_literal(x) for x in ("-12", "1,250", " 3.5 ", "1/2", "12 apples")]
+    [True, True, True, False, False]
+    """
+    return _NUMBER_LITERAL.fullmatch(text.strip()) is not None
+
+
+def leaves_a_calculation(answer: str) -> bool:
+    """Whether an extracted answer still holds a calculation to do: two numbers joined by an
+    arithmetic operator (``14 - 13``, ``18 * 4``, ``3 \\times 4``, ``2^5``). math-verify evaluates
+    those, so a policy rewarded through it can leave the arithmetic to the verifier. Fractions
+    (``1/2``, ``\\frac{1}{2}``) and signed numbers are answers, not calculations.
+
+    >>> [leaves_a_calculation(x) for x in ("14 - 13", "18 * 4", "3 \\\\times 4", "2^5", "-12", "1/2", "x - 1")]
+    [True, True, True, True, False, False, False]
+    """
+    return _CALCULATION.search(answer) is not None
 
 
 def extract_answer(answer: str, style: str = "strict") -> str | None:

@@ -44,6 +44,19 @@ def test_math_correct_answer_styles(style, expected):
     assert got == expected
 
 
+def test_math_correct_scores_0_for_an_answer_that_leaves_the_arithmetic_to_the_verifier():
+    # SmolLM2 learned within 16 GRPO steps to box the problem's expression ("\\boxed{14 - 13}" for
+    # "What is 14 - 13?"), which math-verify evaluates to the right number.
+    completions = [T + r"\boxed{14 - 13}", T + "Answer: 18 * 4", T + r"\boxed{3 \times 4}", T + r"\boxed{2^5}",
+                   T + r"\boxed{1}", T + r"\boxed{\frac{1}{2}}", T + r"\boxed{-1}", T + r"\boxed{x^2+2x+1}"]
+    gold = ["1", "72", "12", "32", "1", "0.5", "-1", "(x+1)^2"]
+    assert math_correct(["q"] * 8, completions, answer=gold) == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    # calculations=True: math-verify's own judgement (every one of them equal)
+    assert math_correct(["q"] * 8, completions, answer=gold, calculations=True) == [1.0] * 8
+    # the lenient reading takes the last number: "14 - 13" reads 13
+    assert math_correct(["q"], completions[:1], answer=["1"], extract="last_number") == [0.0]
+
+
 def test_math_correct_rejects_an_unknown_style():
     with pytest.raises(ValueError, match="allowed strict, boxed, answer_line, hash, last_number"):
         math_correct(["q"], ["12"], answer=["12"], extract="loose")

@@ -71,12 +71,14 @@ def test_smollm_math_rollouts_fit_the_teachers_longest_reply() -> None:
     """The experiment's ``rollout.max_new_tokens`` holds every demonstration the cold start teaches,
     in SmolLM2's tokenizer (one token per digit). Regression: at 32, every two-step reply (up to 36
     tokens) was cut before its ``\\boxed{}``, so no two-step problem could ever earn a reward."""
+    import itertools
     import random
+    from dataclasses import asdict
 
     from hydra import compose, initialize_config_dir
     from transformers import AutoTokenizer
 
-    from rl.coldstart import encode_chat, overlong_replies, teacher_response
+    from rl.coldstart import overlong_replies, teacher_examples
     from rl.config import register_configs, to_config
     from rl.policy.gguf import gguf_path
     from rl.synth_math import iter_problems
@@ -86,10 +88,9 @@ def test_smollm_math_rollouts_fit_the_teachers_longest_reply() -> None:
         cfg = to_config(compose(config_name="train", overrides=["+experiment=smollm_math"]))
     path = gguf_path("gguf:smollm2")
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    rng = random.Random(0)
-    problems = [p for _, p in zip(range(500), iter_problems(0, cfg.data.synth.levels, cfg.data.synth.max_operand))]
+    problems = itertools.islice(iter_problems(0, cfg.data.synth.levels, cfg.data.synth.max_operand), 500)
     # stop_early=0: the full solutions, the longest replies the teacher writes.
-    examples = [encode_chat(tok, p.prompt, teacher_response(p.solution, p.answer, rng, 0.0)) for p in problems]
+    examples = teacher_examples(tok, [asdict(p) for p in problems], 0.0, random.Random(0))
     count, longest = overlong_replies(examples, cfg.rollout.max_new_tokens)
     assert count == 0, (count, longest, cfg.rollout.max_new_tokens)
     assert overlong_replies(examples, 32)[0] > 0  # the old setting: the check sees the cut

@@ -69,6 +69,11 @@ has Keep Sampling Mask (the trainer's log-probs over the sampler's top-p kept se
 such option); SmolLM2 has no MoE, so Keep Routing has nothing to act on. TRL computes pi_old
 with an extra forward (its design when ``steps_per_generation > 1``); ours takes the sampler's
 log-probs. Both in fp32 on the same threads, TRL without vLLM (``transformers.generate``).
+The defaults are the smollm_math experiment's step: B x G = 8 x 8, 40 new tokens, lr 5e-6, four
+updates per step; ours with that experiment's engine settings (``algorithm.share_prefix`` and
+``group_minibatches``: each prompt runs once per mini-batch of whole groups, replies packed
+without padding; one rollout worker on all ``--threads``). ``--prompts 4 --group 4
+--max-new-tokens 64 --lr 1e-5 --updates 2`` is the earlier, smaller step.
 Held-out: greedy on the first ``--test-size`` held-out problems, both final policies decoded by
 our ``RolloutEngine`` (TRL's Llama converted in memory: exact in dense mode), scored with the
 trained reading and, beside it, the lenient last-number one. Our loop's own evaluations
@@ -234,6 +239,11 @@ def our_overrides(args: argparse.Namespace, match: Matched) -> list[str]:
             f"data.prompt_template={_hydra_str(match.prompt_template)}",
             f"++rewards.terms.correct.kwargs.extract={match.extract}", *shared,
             f"algorithm.mini_batch_size={match.mini_batch}", f"algorithm.micro_batch_size={match.mini_batch}",
+            # the smollm_math experiment's engine settings: each prompt once per mini-batch of whole
+            # groups (rl.prefix), one rollout worker on all the threads (decode is bound by reading
+            # the weights: two one-thread workers read them twice)
+            "algorithm.share_prefix=true", "algorithm.group_minibatches=true", "rollout.num_workers=1",
+            f"resources.cpus_per_actor={args.threads or os.cpu_count() or 1}",
             "data.test_size=1"]  # the loop's own evaluations (not timed) cut short: ours is below
 
 
@@ -383,16 +393,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--index-topk", type=int, default=2048,
                     help="smollm2: DSA top-k of our policy (2048, V3.2's: covers every sequence here)")
     ap.add_argument("--steps", type=int, default=None, help="GRPO steps N on each side (tiny 10, smollm2 3)")
-    ap.add_argument("--prompts", type=int, default=None, help="prompts per step B (tiny 16, smollm2 4)")
-    ap.add_argument("--group", type=int, default=None, help="completions per prompt G (tiny 8, smollm2 4)")
-    ap.add_argument("--max-new-tokens", type=int, default=None, help="tiny 40, smollm2 64")
-    ap.add_argument("--lr", type=float, default=None, help="tiny 1e-4, smollm2 1e-5")
+    ap.add_argument("--prompts", type=int, default=None, help="prompts per step B (tiny 16, smollm2 8)")
+    ap.add_argument("--group", type=int, default=None, help="completions per prompt G (tiny 8, smollm2 8)")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="tiny 40, smollm2 40")
+    ap.add_argument("--lr", type=float, default=None, help="tiny 1e-4, smollm2 5e-6")
     ap.add_argument("--test-size", type=int, default=None, help="held-out problems (tiny 200, smollm2 50)")
     ap.add_argument("--extract", default=None, choices=ANSWER_STYLES,
                     help="the trained reward's answer reading, both sides (tiny: strict; smollm2: last_number)")
     ap.add_argument("--top-p", type=float, default=0.95, help="smollm2: top-p of both samplers")
     ap.add_argument("--kl", type=float, default=0.01, help="smollm2: KL coefficient of both (unbiased k3)")
-    ap.add_argument("--updates", type=int, default=2, help="smollm2: optimizer updates per GRPO step")
+    ap.add_argument("--updates", type=int, default=4, help="smollm2: optimizer updates per GRPO step")
     ap.add_argument("--threads", type=int, default=0, help="torch/OMP threads for both sides (0: default)")
     ap.add_argument("--out", default=None, help="output dir (default: a temporary dir)")
     ap.add_argument("--json", default=None, help="results file (default OUT/results.json)")
@@ -409,7 +419,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.argv = [a for i, a in enumerate(argv) if a != "--trl-only" and (i == 0 or argv[i - 1] != "--trl-only")]
     defaults = {"tiny": {"steps": 10, "prompts": 16, "group": 8, "max_new_tokens": 40, "lr": 1e-4, "test_size": 200,
                          "extract": "strict"},
-                "smollm2": {"steps": 3, "prompts": 4, "group": 4, "max_new_tokens": 64, "lr": 1e-5, "test_size": 50,
+                "smollm2": {"steps": 3, "prompts": 8, "group": 8, "max_new_tokens": 40, "lr": 5e-6, "test_size": 50,
                             "extract": "last_number"}}
     for key, value in defaults[args.model].items():
         if getattr(args, key) is None:

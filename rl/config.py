@@ -112,6 +112,12 @@ class AlgorithmConfig:
     """Enforce the sampler's DSA top-k selections in the training forward pass."""
     indexer_loss_weight: float = _f(0.0, ge=0.0)
     """Weight of the sparse-stage indexer KL added during RL (0 = off)."""
+    share_prefix: bool = False
+    """Training forward: run each distinct prompt of a micro-batch once and the G samples' replies
+    on its cached keys (``rl.prefix``; exact up to float rounding; not with the indexer loss)."""
+    group_minibatches: bool = False
+    """Cut mini-batches from whole groups (shuffled group order) instead of shuffled rows, as verl
+    does: with ``share_prefix`` a mini-batch of m groups then runs m prompts, not ~mini_batch_size."""
     lr: float = _f(2e-5, gt=0.0)
     """AdamW learning rate."""
     weight_decay: float = _f(0.0, ge=0.0)

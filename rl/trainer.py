@@ -49,6 +49,7 @@ from rl.config import AlgorithmConfig, DeepSpeedConfig, RolloutConfig
 from rl.losses import get_aggregation, get_policy_loss, off_policy_sequence_mask
 from rl.policy.indexer_loss import indexer_parameters
 from rl.policy.logprobs import entropy_from_logits, masked_log_probs
+from rl.prefix import PackedGroups, pack_groups, packed_logits, prefix_groups
 from rl.process_group import init_distributed
 from rollout.types import Trajectory
 
@@ -237,6 +238,37 @@ class Trainer:
             out = self._forward(self.engine if model is None else model, mb, indexer_loss=False)
             return masked_log_probs(out.logits, mb.target_ids, self._kept(mb), temperature=self.temperature)
 
+    def _packed(self, mb: TrainBatch, *, indexer_loss: bool) -> PackedGroups | None:
+        """``mb`` packed one row per shared prompt when ``algorithm.share_prefix`` is on and that
+        saves work (``rl.prefix``), else None (the plain forward)."""
+        if not self.algo.share_prefix or indexer_loss:
+            return None
+        return pack_groups(mb)
+
+    def _logp(self, model: Any, mb: TrainBatch, pg: PackedGroups | None, *, indexer_loss: bool = False,
+              entropy: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """(log-probs (b, N) of ``mb``'s targets, or (b, C) of ``pg.rows``'; their entropy (no
+        gradient) if asked; the indexer loss if asked) under ``model``."""
+        if pg is None:
+            out = self._forward(model, mb, indexer_loss=indexer_loss)
+            logits, targets, kept = out.logits, mb.target_ids, self._kept(mb)
+        else:
+            logits = packed_logits(model, pg, keep_routing=self.algo.keep_routing,
+                                   keep_indexing=self.algo.keep_indexing)
+            targets = pg.target_ids
+            kept = (kept_sets(pg.sampling_mask, self.vocab_size)
+                    if self.algo.keep_sampling_mask and pg.sampling_mask is not None else None)
+        logp = masked_log_probs(logits, targets, kept, temperature=self.temperature)
+        ent = None
+        if entropy:
+            with torch.no_grad():
+                ent = entropy_from_logits(logits.detach(), kept, temperature=self.temperature)
+        if pg is not None:
+            logp = pg.unpack(logp)
+            ent = pg.unpack(ent) if ent is not None else None
+            return logp, ent, None
+        return logp, ent, out.indexer_loss
+
     def _kept(self, mb: TrainBatch) -> Tensor | None:
         if not self.algo.keep_sampling_mask or mb.sampling_mask is None:
             return None
@@ -246,26 +278,28 @@ class Trainer:
                     acc: _Metrics, record_mismatch: bool, filler: bool) -> None:
         algo = self.algo
         want_idx = algo.indexer_loss_weight > 0
-        out = self._forward(self.engine, mb, indexer_loss=want_idx)
-        kept = self._kept(mb)
-        logp = masked_log_probs(out.logits, mb.target_ids, kept, temperature=self.temperature)  # (b, N)
-        ref_logp = self.log_probs(mb, self.ref) if self.ref is not None else None
-        seq_mask = (off_policy_sequence_mask(logp, mb.old_logprobs, mb.advantages, mb.loss_mask,
+        pg = self._packed(mb, indexer_loss=want_idx)
+        view = mb if pg is None else pg.rows  # the per-position tensors the log-probs line up with
+        logp, entropy, indexer_loss = self._logp(self.engine, mb, pg, indexer_loss=want_idx, entropy=True)
+        ref_logp = None
+        if self.ref is not None:
+            with torch.no_grad():
+                ref_logp = self._logp(self.ref, mb, pg)[0]
+        seq_mask = (off_policy_sequence_mask(logp, view.old_logprobs, mb.advantages, view.loss_mask,
                                              algo.off_policy_delta) if algo.off_policy_mask else None)
-        with torch.no_grad():
-            entropy = entropy_from_logits(out.logits.detach(), kept, temperature=self.temperature)
         loss, metrics = self._policy_loss(
-            logp, mb.old_logprobs, mb.advantages, mb.loss_mask, ref_logp=ref_logp, seq_mask=seq_mask,
+            logp, view.old_logprobs, mb.advantages, view.loss_mask, ref_logp=ref_logp, seq_mask=seq_mask,
             clip_low=algo.clip_low, clip_high=algo.clip_high, beta=algo.kl_coef,
             kl_estimator=algo.kl_estimator, aggregation=algo.loss_agg, norm_constant=self.norm_constant,
             num_units=num_units, entropy=entropy)
         total = loss
         if want_idx:
-            total = total + algo.indexer_loss_weight * indexer_scale * out.indexer_loss
-            acc.add("indexer_loss", out.indexer_loss.detach() * indexer_scale)
+            total = total + algo.indexer_loss_weight * indexer_scale * indexer_loss
+            acc.add("indexer_loss", indexer_loss.detach() * indexer_scale)
         # DeepSpeed averages gradients over ranks; our losses are already global-mini-batch sums.
         self.engine.backward(total * self.world_size)
-        acc.micro(mb, logp.detach(), total.detach(), metrics, record_mismatch, filler)
+        acc.micro(view, logp.detach(), total.detach(), metrics, record_mismatch, filler,
+                  num_tokens=mb.num_tokens)
 
     # ---- the update ---------------------------------------------------------------------------------
     def train_step(self, trajectories: Sequence[Trajectory], advantages: Tensor | Sequence[float]
@@ -299,7 +333,12 @@ class Trainer:
         first = True
         self.engine.train()
         for _ in range(algo.epochs_per_batch):
-            order = torch.randperm(n, generator=self._shuffle)
+            if algo.group_minibatches:  # whole groups, in shuffled order
+                gid = prefix_groups(batch)
+                groups = torch.randperm(int(gid.max()) + 1, generator=self._shuffle)
+                order = torch.cat([(gid == g).nonzero().squeeze(1) for g in groups.tolist()])
+            else:
+                order = torch.randperm(n, generator=self._shuffle)
             for lo in range(0, n, algo.mini_batch_size):
                 mini = order[lo: lo + algo.mini_batch_size]
                 num_units = self._aggregation.units(batch.loss_mask[mini].float()).clamp_min(1).to(self.device)
@@ -381,9 +420,10 @@ class _Metrics:
         self.maxes[key] = torch.maximum(self.maxes[key], v) if key in self.maxes else v
 
     def micro(self, mb: TrainBatch, logp: Tensor, total: Tensor, metrics: dict[str, Tensor],
-              record_mismatch: bool, filler: bool) -> None:
-        """Add one micro-batch: ``logp`` (b, N) detached, ``total`` its loss, ``metrics`` the
-        policy loss's; a ``filler`` micro-batch (no trained rows) adds no tokens."""
+              record_mismatch: bool, filler: bool, num_tokens: Tensor) -> None:
+        """Add one micro-batch: ``logp`` (b, N) detached and aligned with ``mb``, ``total`` its
+        loss, ``metrics`` the policy loss's, ``num_tokens`` its trajectories' real tokens; a
+        ``filler`` micro-batch (no trained rows) adds no tokens."""
         valid = mb.loss_mask
         n_tok = valid.sum()
         rows = valid.any(-1).sum()
@@ -391,7 +431,7 @@ class _Metrics:
         self.add("pg_loss", metrics["pg_loss"])
         self.add("tokens_trained", n_tok)
         self.add("rows", rows)
-        self.add("num_tokens", mb.num_tokens * (0 if filler else 1))
+        self.add("num_tokens", num_tokens * (0 if filler else 1))
         self.add("masked_rows", metrics["masked_frac"] * rows)
         for key in _TOKEN_MEANS:
             if key in metrics:

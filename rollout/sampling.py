@@ -52,10 +52,62 @@ def _truncate(x: torch.Tensor, top_k: int, top_p: float):
             return _nucleus(vals, order, top_p, x.shape)
     if top_p >= 1.0:
         return keep, None
+    if keep is None:
+        found = _nucleus_from_top(x, top_p)
+        if found is not None:
+            return found
     xk = x if keep is None else x.masked_fill(~keep, float("-inf"))
     sorted_x, order = xk.sort(dim=-1, descending=True)
     keep_p, nucleus = _nucleus(sorted_x, order, top_p, x.shape)
     return (keep_p if keep is None else keep & keep_p), nucleus
+
+
+NUCLEUS_CANDIDATES = (64, 1024)
+"""Top-p without top-k first looks for every row's nucleus among this many most probable ids
+(`_nucleus_from_top`), and sorts all V only when one is wider. Sorting a (64, 49152) row block
+cost 112 ms on two cores, `topk(64)` 2.8 ms and `topk(1024)` 14 ms."""
+
+
+def _nucleus_from_top(x: torch.Tensor, top_p: float):
+    """Top-p of scaled logits x (B, V), sorting as little as it can: if the n most probable ids
+    of a row (n in `NUCLEUS_CANDIDATES`) hold mass >= top_p, the (n+1)-th already has mass >=
+    top_p before it, so the row's nucleus is a prefix of them and equals the one a full sort finds
+    (up to the order of tied logits); only the rows whose nucleus is wider are sorted in full.
+    Returns what `_nucleus` does (candidate columns padded to the widest row's: logits -inf, mass
+    repeated, so nothing is drawn there), or None when every row needs the full sort."""
+    B, V = x.shape
+    lse = torch.logsumexp(x, dim=-1, keepdim=True)  # (B, 1): probabilities over all V ids
+    if not NUCLEUS_CANDIDATES or NUCLEUS_CANDIDATES[0] >= V:
+        return None
+    for n in NUCLEUS_CANDIDATES:
+        if n >= V:
+            break
+        vals, order = x.topk(n, dim=-1)  # (B, n) descending
+        cum = (vals - lse).exp().cumsum(-1)  # (B, n) mass of the first j+1 ids
+        wide = cum[:, -1] < top_p  # (B,) rows whose nucleus is not inside these n ids
+        if not bool(wide.any()):
+            break
+    if bool(wide.all()):
+        return None
+    if bool(wide.any()):  # sort those rows in full; pad the others to width V
+        rows = wide.nonzero().squeeze(-1)
+        s_x, s_order = x[rows].sort(dim=-1, descending=True)  # (b, V)
+        pad = V - vals.shape[-1]
+        vals = torch.nn.functional.pad(vals, (0, pad), value=float("-inf"))
+        order = torch.nn.functional.pad(order, (0, pad), value=0)
+        cum = torch.cat([cum, cum[:, -1:].expand(B, pad)], dim=-1)
+        vals[rows], order[rows] = s_x, s_order
+        cum[rows] = (s_x - lse[rows]).exp().cumsum(-1)
+    before = torch.nn.functional.pad(cum[:, :-1], (1, 0))
+    keep_sorted = (before < top_p) & (vals > float("-inf"))
+    return _scatter_kept(x.shape, order, keep_sorted), (cum, order, keep_sorted.sum(-1, keepdim=True), vals)
+
+
+def _scatter_kept(shape: torch.Size, order: torch.Tensor, keep_sorted: torch.Tensor) -> torch.Tensor:
+    """(B, V) bool kept set from sorted candidates whose padding columns repeat id 0 (never kept)."""
+    keep = torch.zeros(shape, dtype=torch.int8, device=order.device)
+    keep.scatter_add_(-1, order, keep_sorted.to(torch.int8))
+    return keep > 0
 
 
 def _nucleus(sorted_x: torch.Tensor, order: torch.Tensor, top_p: float, shape: torch.Size):

@@ -23,6 +23,9 @@ Forward keywords beyond the usual (`input_ids`, `attention_mask`, `position_ids`
   non-padding query tokens of the indexer KL (dense mode: warm-up loss over all causal keys; sparse
   mode: over the selected set). With `labels`, `output.loss` = LM loss + indexer_loss_weight *
   indexer_loss and `output.lm_loss` the LM part.
+- `attention_allowed=` (B, T, T) bool, no cache: which keys each query sees, instead of the causal
+  & not-padding rule (every query must see itself; `rl.prefix` packs several replies after one
+  prompt this way). Positions then come from `position_ids`, which must be given.
 - `output_attention_maps=True` -> `output.attention_maps`: per layer (head-summed, L1-normalised
   attention probabilities of this call's mode (B, T, S) fp32, indexer scores (B, T, S) fp32, allowed
   mask (B, T, S)), for diagnostics (recall of the true top-k).
@@ -135,6 +138,7 @@ class DSACausalLM:
         expert_routes: Sequence[torch.Tensor] | None = None,
         output_indexer_loss: bool = False,
         output_attention_maps: bool = False,
+        attention_allowed: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -163,12 +167,18 @@ class DSACausalLM:
             key_valid = attention_mask.bool()
         else:
             key_valid = torch.ones(B, T, dtype=torch.bool, device=h.device)
+        if attention_allowed is not None:
+            if cache is not None or position_ids is None or attention_allowed.shape != (B, T, T):
+                raise ValueError(f"attention_allowed needs shape (B, T, T) = {(B, T, T)}, position_ids and no "
+                                 "cache")
+            attention_allowed = attention_allowed.bool()
         if position_ids is None:
             position_ids = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, start:]
         rope, index_rope = self.rope_tables(h, position_ids)
         ctx = AttentionContext(start=start, key_valid=key_valid, mode=mode, rope=rope, index_rope=index_rope,
                                want_topk=output_topk_indices and mode == "sparse",
-                               want_indexer_loss=output_indexer_loss, want_maps=output_attention_maps)
+                               want_indexer_loss=output_indexer_loss, want_maps=output_attention_maps,
+                               allowed=attention_allowed)
 
         all_hidden = [h] if output_hidden_states else None
         sels, routes_out, kl_terms, maps = [], [], [], []

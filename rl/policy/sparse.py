@@ -50,6 +50,9 @@ class AttentionContext:
     """Compute the indexer KL loss (dense mode: warm-up loss over all keys; sparse: over the selection)."""
     want_maps: bool = False
     """Return per-layer attention maps (head-summed probabilities, indexer scores, allowed mask)."""
+    allowed: torch.Tensor | None = None
+    """(B, T, S) bool: which keys each query may see, replacing the causal & not-padding rule
+    (packed sequences: several replies after one shared prompt, `rl.prefix`); None = that rule."""
     allowed_memo: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     """`allowed_keys` results, shared by every layer of one forward (single-chunk calls only)."""
 
@@ -59,7 +62,9 @@ def allowed_keys(ctx: AttentionContext, q0: int, q1: int) -> torch.Tensor:
 
     A query always sees itself, so rows of padding queries are never empty. Computed once per
     forward when one chunk holds every query (memoised in ctx: decode and short calls); callers
-    must not modify the result."""
+    must not modify the result. A given `ctx.allowed` is returned as is (rows q0:q1)."""
+    if ctx.allowed is not None:
+        return ctx.allowed[:, q0:q1]
     if (q0, q1) in ctx.allowed_memo:
         return ctx.allowed_memo[(q0, q1)]
     S = ctx.key_valid.shape[1]

@@ -131,3 +131,31 @@ def test_nucleus_draws_follow_q_with_and_without_a_tie() -> None:
         freq = torch.bincount(tok, minlength=5).double() / 20000
         assert freq[len(want):].sum() == 0 and torch.allclose(freq[: len(want)], q, atol=0.015)
         assert torch.allclose(lp.double(), q.log()[tok], atol=1e-6)
+
+
+def test_wide_vocabulary_nucleus_from_the_top_ids_equals_the_definition(monkeypatch) -> None:
+    """V = 5,000: peaked rows find their nucleus among the 64 / 1,024 most probable ids, a flat
+    row is sorted in full; kept sets match the definition row by row, and the draws and their
+    log-probabilities are the full sort's (same generator)."""
+    import rollout.sampling as sampling
+
+    g = torch.Generator().manual_seed(0)
+    V = 5000
+    x = torch.randn(3, V, generator=g)
+    x[0, :10] += 12.0  # nucleus within the top 64
+    x[1, :300] += 6.0  # within the top 1,024, not the top 64
+    x *= torch.tensor([[1.0], [1.0], [0.1]])  # row 2: nearly flat, thousands of ids
+    kept = kept_set(x, 0, 0.9)
+    for r in range(3):
+        assert set(kept[r].nonzero().squeeze(-1).tolist()) == _direct_kept(x[r].double().tolist(), 0, 0.9)
+    assert kept[0].sum() <= 64 < kept[1].sum() <= 1024 < kept[2].sum()
+    assert sampling._nucleus_from_top(x, 0.9) is not None  # rows 0-1 from the top ids, row 2 sorted
+    assert sampling._nucleus_from_top(x[2:], 0.9) is None  # every row wide: the plain full sort
+
+    params = SamplingParams(top_p=0.9)
+    xs = x.repeat(50, 1)  # 150 rows: enough draws to hit ids deep in the wide nucleus
+    tok, lp, keep = sample_next(xs, params, torch.Generator().manual_seed(3))
+    monkeypatch.setattr(sampling, "NUCLEUS_CANDIDATES", ())  # always the full sort
+    tok_s, lp_s, keep_s = sample_next(xs, params, torch.Generator().manual_seed(3))
+    assert torch.equal(keep, keep_s) and torch.equal(tok, tok_s)
+    torch.testing.assert_close(lp, lp_s, rtol=0, atol=1e-6)

@@ -137,7 +137,7 @@ def test_wide_vocabulary_nucleus_from_the_top_ids_equals_the_definition(monkeypa
     """V = 5,000: peaked rows find their nucleus among the 64 / 1,024 most probable ids, a flat
     row is sorted in full; kept sets match the definition row by row, and the draws and their
     log-probabilities are the full sort's (same generator)."""
-    import rollout.sampling as sampling
+    from rollout import sampling
 
     g = torch.Generator().manual_seed(0)
     V = 5000

@@ -70,11 +70,6 @@ class PackedGroups:
         out = packed.reshape(-1).gather(0, self.unpack_index.reshape(-1)).view_as(self.unpack_index)
         return torch.where(self.rows.attention_mask, out, torch.zeros((), dtype=out.dtype, device=out.device))
 
-    @property
-    def num_slots(self) -> int:
-        """Real tokens forwarded (what the plain forward would run: every row's whole length)."""
-        return int(self.valid.sum())
-
 
 def first_trained(mb: TrainBatch) -> Tensor:
     """(b,) int64: each row's first trained input position f_i (its length if none is trained)."""

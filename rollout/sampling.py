@@ -66,6 +66,9 @@ NUCLEUS_CANDIDATES = (64, 1024)
 """Top-p without top-k first looks for every row's nucleus among this many most probable ids
 (`_nucleus_from_top`), and sorts all V only when one is wider. Sorting a (64, 49152) row block
 cost 112 ms on two cores, `topk(64)` 2.8 ms and `topk(1024)` 14 ms."""
+NUCLEUS_MIN_VOCAB = 8192
+"""Below this vocabulary size top-p sorts every row in full (cheap there; the tiny policy's 600
+ids keep their earlier draws)."""
 
 
 def _nucleus_from_top(x: torch.Tensor, top_p: float):
@@ -74,11 +77,12 @@ def _nucleus_from_top(x: torch.Tensor, top_p: float):
     top_p before it, so the row's nucleus is a prefix of them and equals the one a full sort finds
     (up to the order of tied logits); only the rows whose nucleus is wider are sorted in full.
     Returns what `_nucleus` does (candidate columns padded to the widest row's: logits -inf, mass
-    repeated, so nothing is drawn there), or None when every row needs the full sort."""
+    repeated, so nothing is drawn there), or None when every row needs the full sort (or V is
+    below `NUCLEUS_MIN_VOCAB`)."""
     B, V = x.shape
-    lse = torch.logsumexp(x, dim=-1, keepdim=True)  # (B, 1): probabilities over all V ids
-    if not NUCLEUS_CANDIDATES or NUCLEUS_CANDIDATES[0] >= V:
+    if not NUCLEUS_CANDIDATES or NUCLEUS_CANDIDATES[0] >= V or V < NUCLEUS_MIN_VOCAB:
         return None
+    lse = torch.logsumexp(x, dim=-1, keepdim=True)  # (B, 1): probabilities over all V ids
     for n in NUCLEUS_CANDIDATES:
         if n >= V:
             break

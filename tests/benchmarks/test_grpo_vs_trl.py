@@ -13,9 +13,9 @@ def test_mode_defaults_and_matched_settings():
     m = b.matched(tiny)  # the README's tiny table: 128 samples in mini-batches of 64, no KL, top-p 1
     assert (m.updates, m.mini_batch, m.top_p, m.kl_coef, m.off_policy_delta) == (2, 64, 1.0, 0.0, None)
     smol = b.parse_args(["--model", "smollm2", "--steps", "2"])
-    assert (smol.steps, smol.prompts, smol.group, smol.max_new_tokens, smol.lr, smol.test_size) == (2, 4, 4, 64, 1e-5, 50)
+    assert (smol.steps, smol.prompts, smol.group, smol.max_new_tokens, smol.lr, smol.test_size) == (2, 8, 8, 40, 5e-6, 50)
     m = b.matched(smol)
-    assert (m.updates, m.mini_batch, m.top_p, m.kl_coef, m.off_policy_delta, m.extract) == (2, 8, 0.95, 0.01, 0.05, "last_number")
+    assert (m.updates, m.mini_batch, m.top_p, m.kl_coef, m.off_policy_delta, m.extract) == (4, 16, 0.95, 0.01, 0.05, "last_number")
     assert b.matched(b.parse_args(["--model", "smollm2", "--extract", "strict"])).extract == "strict"
     assert b.matched(tiny).extract == "strict"
     assert m.system_prompt == b.SMOLLM2_SYSTEM and smol.argv == ["--model", "smollm2", "--steps", "2"]
@@ -24,7 +24,7 @@ def test_mode_defaults_and_matched_settings():
 @pytest.mark.parametrize("argv, message", [
     ([], "needs --policy"),
     (["--policy", "/p", "--prompts", "3"], "multiple of the mini-batch 64"),
-    (["--model", "smollm2", "--prompts", "3", "--group", "3"], "multiple of --updates 2"),
+    (["--model", "smollm2", "--prompts", "3", "--group", "3"], "multiple of --updates 4"),
     (["--model", "smollm2", "--rounds", "0"], "--rounds 0"),
 ])
 def test_bad_arguments_name_the_fix(argv, message, capsys):
@@ -43,8 +43,10 @@ def test_our_overrides_quote_the_prompts():
     over = b.our_overrides(args, b.matched(args))
     assert over[:2] == ["model.path=gguf:smollm2", "model.index_topk=512"]
     assert "data.system_prompt=null" in over and f'data.prompt_template="{b.SMOLLM2_TEMPLATE}"' in over
-    assert {"rollout.top_p=0.95", "algorithm.kl_coef=0.01", "algorithm.mini_batch_size=8",
+    assert {"rollout.top_p=0.95", "algorithm.kl_coef=0.01", "algorithm.mini_batch_size=16",
             "++rewards.terms.correct.kwargs.extract=last_number"} <= set(over)
+    # ours runs with the smollm_math experiment's engine settings: packing, whole groups, one worker
+    assert {"algorithm.share_prefix=true", "algorithm.group_minibatches=true", "rollout.num_workers=1"} <= set(over)
     # both sides train on the smollm_math experiment's problems (levels 1-2)
     assert {"data.synth.levels=[1,2]", "data.synth.num_train=2000", "data.synth.max_operand=20"} <= set(over)
     with pytest.raises(ValueError, match="double quotes"):

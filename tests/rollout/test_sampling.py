@@ -134,13 +134,14 @@ def test_nucleus_draws_follow_q_with_and_without_a_tie() -> None:
 
 
 def test_wide_vocabulary_nucleus_from_the_top_ids_equals_the_definition(monkeypatch) -> None:
-    """V = 5,000: peaked rows find their nucleus among the 64 / 1,024 most probable ids, a flat
+    """V = 10,000: peaked rows find their nucleus among the 64 / 1,024 most probable ids, a flat
     row is sorted in full; kept sets match the definition row by row, and the draws and their
     log-probabilities are the full sort's (same generator)."""
     from rollout import sampling
 
     g = torch.Generator().manual_seed(0)
-    V = 5000
+    V = 10_000
+    assert V >= sampling.NUCLEUS_MIN_VOCAB
     x = torch.randn(3, V, generator=g)
     x[0, :10] += 12.0  # nucleus within the top 64
     x[1, :300] += 6.0  # within the top 1,024, not the top 64
@@ -151,6 +152,7 @@ def test_wide_vocabulary_nucleus_from_the_top_ids_equals_the_definition(monkeypa
     assert kept[0].sum() <= 64 < kept[1].sum() <= 1024 < kept[2].sum()
     assert sampling._nucleus_from_top(x, 0.9) is not None  # rows 0-1 from the top ids, row 2 sorted
     assert sampling._nucleus_from_top(x[2:], 0.9) is None  # every row wide: the plain full sort
+    assert sampling._nucleus_from_top(x[:, :5000], 0.9) is None  # a small vocabulary: always the full sort
 
     params = SamplingParams(top_p=0.9)
     xs = x.repeat(50, 1)  # 150 rows: enough draws to hit ids deep in the wide nucleus

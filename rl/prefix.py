@@ -78,10 +78,10 @@ def first_trained(mb: TrainBatch) -> Tensor:
     return torch.where(mb.loss_mask, pos, N).min(dim=1).values.minimum(mb.attention_mask.sum(1))
 
 
-def prefix_groups(mb: TrainBatch) -> Tensor:
+def prefix_groups(mb: TrainBatch, split: Tensor | None = None) -> Tensor:
     """(b,) int64 group ids: rows with equal prefixes (input_ids[:f_i]) share one, numbered in
-    order of first appearance."""
-    f = first_trained(mb).tolist()
+    order of first appearance; ``split`` is `first_trained(mb)` when the caller has it."""
+    f = (first_trained(mb) if split is None else split).tolist()
     keys: dict[tuple[int, ...], int] = {}
     return torch.tensor([keys.setdefault(tuple(mb.input_ids[i, : f[i]].tolist()), len(keys))
                          for i in range(len(f))], dtype=torch.long)
@@ -101,7 +101,7 @@ def pack_groups(mb: TrainBatch) -> PackedGroups | None:
     b, N = mb.input_ids.shape
     dev = mb.input_ids.device
     f_t = first_trained(mb)
-    group = prefix_groups(mb).to(dev)
+    group = prefix_groups(mb, f_t).to(dev)
     U = int(group.max()) + 1
     f, g_list = f_t.tolist(), group.tolist()
     if U == b or max(f) == 0:

@@ -236,7 +236,8 @@ class Trainer:
         mb = mb.to(self.device)
         with torch.no_grad():
             out = self._forward(self.engine if model is None else model, mb, indexer_loss=False)
-            return masked_log_probs(out.logits, mb.target_ids, self._kept(mb), temperature=self.temperature)
+            return masked_log_probs(out.logits, mb.target_ids, self._kept(mb.sampling_mask),
+                                    temperature=self.temperature)
 
     def _packed(self, mb: TrainBatch, *, indexer_loss: bool) -> PackedGroups | None:
         """``mb`` packed one row per shared prompt when ``algorithm.share_prefix`` is on and that
@@ -245,34 +246,33 @@ class Trainer:
             return None
         return pack_groups(mb)
 
-    def _logp(self, model: Any, mb: TrainBatch, pg: PackedGroups | None, *, indexer_loss: bool = False,
-              entropy: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def _logp(self, model: Any, mb: TrainBatch, pg: PackedGroups | None, kept: Tensor | None, *,
+              indexer_loss: bool = False, entropy: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """(log-probs (b, N) of ``mb``'s targets, or (b, C) of ``pg.rows``'; their entropy (no
-        gradient) if asked; the indexer loss if asked) under ``model``."""
+        gradient) if asked; the indexer loss if asked) under ``model``. ``kept``: the kept sets of
+        those targets (``_kept``), computed once for the policy and the reference."""
         if pg is None:
             out = self._forward(model, mb, indexer_loss=indexer_loss)
-            logits, targets, kept = out.logits, mb.target_ids, self._kept(mb)
+            logits, targets = out.logits, mb.target_ids
         else:
             logits = packed_logits(model, pg, keep_routing=self.algo.keep_routing,
                                    keep_indexing=self.algo.keep_indexing)
             targets = pg.target_ids
-            kept = (kept_sets(pg.sampling_mask, self.vocab_size)
-                    if self.algo.keep_sampling_mask and pg.sampling_mask is not None else None)
         logp = masked_log_probs(logits, targets, kept, temperature=self.temperature)
         ent = None
         if entropy:
             with torch.no_grad():
                 ent = entropy_from_logits(logits.detach(), kept, temperature=self.temperature)
         if pg is not None:
-            logp = pg.unpack(logp)
-            ent = pg.unpack(ent) if ent is not None else None
-            return logp, ent, None
+            return pg.unpack(logp), (pg.unpack(ent) if ent is not None else None), None
         return logp, ent, out.indexer_loss
 
-    def _kept(self, mb: TrainBatch) -> Tensor | None:
-        if not self.algo.keep_sampling_mask or mb.sampling_mask is None:
+    def _kept(self, sampling_mask: Tensor | None) -> Tensor | None:
+        """The Keep Sampling Mask's kept sets of bit-packed ``sampling_mask`` (``rl.batch.kept_sets``),
+        or None when it is off or nothing was truncated."""
+        if not self.algo.keep_sampling_mask or sampling_mask is None:
             return None
-        return kept_sets(mb.sampling_mask, self.vocab_size)
+        return kept_sets(sampling_mask, self.vocab_size)
 
     def _micro_step(self, mb: TrainBatch, num_units: Tensor, indexer_scale: float,
                     acc: _Metrics, record_mismatch: bool, filler: bool) -> None:
@@ -280,11 +280,12 @@ class Trainer:
         want_idx = algo.indexer_loss_weight > 0
         pg = self._packed(mb, indexer_loss=want_idx)
         view = mb if pg is None else pg.rows  # the per-position tensors the log-probs line up with
-        logp, entropy, indexer_loss = self._logp(self.engine, mb, pg, indexer_loss=want_idx, entropy=True)
+        kept = self._kept(mb.sampling_mask if pg is None else pg.sampling_mask)
+        logp, entropy, indexer_loss = self._logp(self.engine, mb, pg, kept, indexer_loss=want_idx, entropy=True)
         ref_logp = None
         if self.ref is not None:
             with torch.no_grad():
-                ref_logp = self._logp(self.ref, mb, pg)[0]
+                ref_logp = self._logp(self.ref, mb, pg, kept)[0]
         seq_mask = (off_policy_sequence_mask(logp, view.old_logprobs, mb.advantages, view.loss_mask,
                                              algo.off_policy_delta) if algo.off_policy_mask else None)
         loss, metrics = self._policy_loss(
@@ -333,10 +334,10 @@ class Trainer:
         first = True
         self.engine.train()
         for _ in range(algo.epochs_per_batch):
-            if algo.group_minibatches:  # whole groups, in shuffled order
+            if algo.group_minibatches:  # whole groups in shuffled order, each group's rows in order
                 gid = prefix_groups(batch)
-                groups = torch.randperm(int(gid.max()) + 1, generator=self._shuffle)
-                order = torch.cat([(gid == g).nonzero().squeeze(1) for g in groups.tolist()])
+                rank = torch.argsort(torch.randperm(int(gid.max()) + 1, generator=self._shuffle))
+                order = torch.argsort(rank[gid], stable=True)
             else:
                 order = torch.randperm(n, generator=self._shuffle)
             for lo in range(0, n, algo.mini_batch_size):

@@ -201,6 +201,9 @@ class DataConfig:
     """Column holding the reference answer (passed to rewards as ``answer``)."""
     test_size: int = _f(200, ge=1)
     """Held-out problems used per evaluation."""
+    val_size: int = _f(0, ge=0)
+    """Validation problems for ``keep_best``: the test split's next ``val_size`` rows after the
+    first ``test_size`` (disjoint from the evaluation rows); 0 = none."""
     system_prompt: str | None = None
     """A system message put before every prompt (through the model's chat template); unset = none."""
     prompt_template: str = "{prompt}"
@@ -460,6 +463,11 @@ class TrainConfig:
     """A run directory (or ``latest``) to continue from its latest checkpoint."""
     eval_every: int = _f(10, ge=1)
     """Steps between held-out evaluations."""
+    keep_best: bool = False
+    """End with the policy of the best validation greedy accuracy (``data.val_size`` rows, checked
+    at step 0, every ``eval_every`` steps and at the end; a tie keeps the earlier step), like
+    transformers' ``load_best_model_at_end``: the held-out figures after RL and ``final/`` are then
+    that policy's (the last step's held-out greedy accuracy is reported beside them)."""
     checkpoint_every: int = _f(10, ge=1)
     """Steps between checkpoints."""
 
@@ -535,6 +543,9 @@ def _check_cross_fields(obj: Any, prefix: str) -> None:
     if isinstance(obj, DataConfig) and "{prompt}" not in obj.prompt_template:
         raise ConfigError(f"{prefix}prompt_template={obj.prompt_template!r} is invalid: it must contain "
                           "'{prompt}' where the problem goes")
+    if isinstance(obj, TrainConfig) and obj.keep_best and obj.data.val_size == 0:
+        raise ConfigError(f"{prefix}keep_best=true is invalid with {prefix}data.val_size=0: set "
+                          f"{prefix}data.val_size to the number of validation problems (e.g. 96)")
     if isinstance(obj, BudgetConfig):
         limits = (obj.max_steps, obj.max_samples, obj.max_tokens, obj.max_flops, obj.max_seconds,
                   obj.pretrain_fraction)

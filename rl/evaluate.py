@@ -42,38 +42,45 @@ class Evaluator:
     group_size: int
     seed: int
 
-    def __call__(self, weights: dict[str, torch.Tensor], step: int, sampled: bool = False) -> dict[str, float]:
+    def __call__(self, weights: dict[str, torch.Tensor] | None, step: int, sampled: bool = False,
+                 split: str = "test") -> dict[str, float]:
         """``eval/greedy_accuracy`` and ``eval/greedy_reward`` (plus sampled accuracy and reward and
-        ``eval/pass@G`` when ``sampled``) of ``weights`` on the held-out rows; {} without any."""
+        ``eval/pass@G`` when ``sampled``) of ``weights`` on the held-out rows; {} without any.
+        ``split="val"``: the same on the validation rows, as ``val/...``. ``weights=None`` evaluates
+        the weights ``self.model`` already holds."""
         from rollout.engine import RolloutEngine
 
-        rows = self.source.test_rows
+        rows = self.source.test_rows if split == "test" else getattr(self.source, "val_rows", None)
         if rows is None:
             return {}
-        self.model.load_state_dict(weights)
+        if weights is not None:
+            self.model.load_state_dict(weights)
         out: dict[str, float] = {}
         modes = [("greedy", 1, self.greedy)] + ([("sampled", self.group_size, self.sampled)] if sampled else [])
         for name, g, params in modes:
             engine = RolloutEngine(self.model, self.tokenizer, self.engine_config)
             trajs = self.source.generate(engine, rows, params, g, self.seed + step)
             result = self.rewards.score(*self.source.reward_inputs([r for r in rows for _ in range(g)], trajs))
-            out.update(scores(name, result.per_term, result.totals, self.correct_term, g))
+            out.update(scores(name, result.per_term, result.totals, self.correct_term, g,
+                              prefix="eval" if split == "test" else split))
         return out
 
 
 def scores(name: str, per_term: dict[str, list[float]], totals: list[float], correct_term: str,
-           group_size: int) -> dict[str, float]:
+           group_size: int, prefix: str = "eval") -> dict[str, float]:
     """One evaluation mode's metrics from its reward values (samples in (prompt, sample) order):
     ``eval/NAME_accuracy`` (share of samples whose ``correct_term`` is positive), ``eval/NAME_reward``
     (mean total), ``eval/pass@G`` when ``group_size`` > 1, and for greedy decoding every other term's
-    share of positive values (``eval/greedy_TERM``: the same answers under another reading)."""
+    share of positive values (``eval/greedy_TERM``: the same answers under another reading).
+    ``prefix`` replaces ``eval`` (``val``: the validation rows)."""
     correct = [v > 0 for v in per_term[correct_term]]
-    out = {f"eval/{name}_accuracy": sum(correct) / len(correct), f"eval/{name}_reward": sum(totals) / len(totals)}
+    out = {f"{prefix}/{name}_accuracy": sum(correct) / len(correct),
+           f"{prefix}/{name}_reward": sum(totals) / len(totals)}
     if name == "greedy":
-        out.update({f"eval/greedy_{term}": sum(v > 0 for v in values) / len(values)
+        out.update({f"{prefix}/greedy_{term}": sum(v > 0 for v in values) / len(values)
                     for term, values in per_term.items() if term != correct_term})
     if group_size > 1:
-        out[f"eval/pass@{group_size}"] = pass_at_k(correct, group_size)
+        out[f"{prefix}/pass@{group_size}"] = pass_at_k(correct, group_size)
     return out
 
 
@@ -92,11 +99,18 @@ def plot_history(history: list[dict[str, Any]], path: str | Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     train = [(h["step"], h["reward/mean"]) for h in history if "reward/mean" in h]
-    evals = [(h["step"], h["eval/greedy_accuracy"]) for h in history if "eval/greedy_accuracy" in h]
+    evals = [(h["step"], h["eval/greedy_accuracy"]) for h in history
+             if "eval/greedy_accuracy" in h and "selected_step" not in h]
+    val = [(h["step"], h["val/greedy_accuracy"]) for h in history if "val/greedy_accuracy" in h]
+    selected = [(h["selected_step"], h["eval/greedy_accuracy"]) for h in history if "selected_step" in h]
     if train:
         ax.plot(*zip(*train), label="train reward (sampled)", alpha=0.7)
     if evals:
         ax.plot(*zip(*evals), "o-", label="held-out greedy accuracy")
+    if val:
+        ax.plot(*zip(*val), "s--", label="validation greedy accuracy", alpha=0.8)
+    if selected:
+        ax.plot(*zip(*selected), "*", markersize=14, label="validation-selected policy (held-out)")
     ax.set_xlabel("GRPO step")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)

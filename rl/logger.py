@@ -39,7 +39,8 @@ class NoopLogger:
 class ConsoleLogger:
     """Prints one line of the headline metrics per logged step (``logger=none``)."""
 
-    KEYS = (("reward/mean", "reward"), ("eval/greedy_accuracy", "acc"), ("eval/sampled_accuracy", "sampled_acc"),
+    KEYS = (("reward/mean", "reward"), ("eval/greedy_accuracy", "acc"), ("val/greedy_accuracy", "val_acc"),
+            ("eval/sampled_accuracy", "sampled_acc"),
             ("train/kl", "kl"), ("train/clip_frac_high", "clip_high"), ("train/masked_frac", "masked"),
             ("train/entropy", "entropy"), ("train/logp_mismatch_max", "mismatch"),
             ("response/length_mean", "len"), ("rollout/tokens_per_s", "rollout_tok/s"),

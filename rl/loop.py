@@ -10,7 +10,9 @@ workers (``run.source.rollout`` on ``run.pool``), 3. score them with the reward 
 (``run.trainer.train_step``), 6. sync the new weights (version + 1) to every worker, 7. account
 the budget, log, evaluate (``run.evaluator``) and checkpoint on schedule. The run stops at the first
 budget limit, evaluates once more, writes the summary (``summary.json``), a plot (``progress.png``)
-and the final policy (``final/``).
+and the final policy (``final/``). With ``keep_best`` each evaluation also scores the validation
+rows, and the run ends with the validation-best policy (``rl.best``): the figures after RL and
+``final/`` are that policy's; the last step's held-out greedy accuracy is kept beside them.
 
 The run's task source (``rl.sources``) says what a prompt and a rollout are: one completion of a
 data set prompt, or (``env.name`` set, ``+experiment=agent``) one multi-turn tool-use episode in a
@@ -29,6 +31,7 @@ from typing import Any
 import torch
 
 from rl.advantages import get_advantage
+from rl.best import BestPolicy
 from rl.config import TrainConfig
 from rl.evaluate import plot_history
 from rl.setup import Run, build_run
@@ -41,10 +44,12 @@ def run(cfg: TrainConfig, run_dir: str) -> dict[str, Any]:
     algo, B, G = cfg.algorithm, cfg.rollout.prompts_per_step, cfg.algorithm.group_size
     advantage = get_advantage(algo.advantage)
     history, step = run.history, run.step
+    best = BestPolicy.resume(run.dir / "best", step) if cfg.keep_best else None
     try:
         clock = time.perf_counter()
         if step == 0:
             history.append({"step": 0, **run.evaluator(run.trainer.export_state_dict(), 0, sampled=True)})
+            history[-1].update(_validate(run, best, 0))
             run.say(f"before RL: {_fmt(history[-1])}")
         run.stage_seconds["eval_before"] = time.perf_counter() - clock
         clock = time.perf_counter()
@@ -75,6 +80,7 @@ def run(cfg: TrainConfig, run_dir: str) -> dict[str, Any]:
                      "rollout/tokens_per_s": sum(t.num_sampled for t in trajs) / max(t1 - t0, 1e-9)}
                 if step % cfg.eval_every == 0:
                     m.update(run.evaluator(run.trainer.export_state_dict(), step))
+                    m.update(_validate(run, best, step))
                 history.append(m)
                 run.logger.log(m, step)
                 bar.update(task, completed=int(1000 * run.budget.fraction_done()), info=_fmt(m))
@@ -82,17 +88,55 @@ def run(cfg: TrainConfig, run_dir: str) -> dict[str, Any]:
                     _checkpoint(run, step)
         run.stage_seconds["rl"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        final = run.evaluator(run.trainer.export_state_dict(), step, sampled=True)
+        last, selected = _last_and_selected(run, best, step)
+        final = run.evaluator(None if selected else run.trainer.export_state_dict(), step, sampled=True)
         run.stage_seconds["eval_after"] = time.perf_counter() - clock
-        history.append({"step": step, **final})
+        history.append({"step": step, **final, **({"selected_step": best.step} if selected else {})})
         run.logger.log(final, step)
         _checkpoint(run, step)
-        summary = _summary(run, history, reason, step)
+        summary = _summary(run, history, reason, step, last=last if selected else None)
         run.say(f"after RL: {_fmt(history[-1])}")
         print(format_summary(summary), flush=True)
         return summary
     finally:
         run.close()
+
+
+def _validate(run: Run, best: BestPolicy | None, step: int) -> dict[str, float]:
+    """``keep_best``: the validation metrics of the weights the evaluator holds (just evaluated on
+    the held-out rows), offered to ``best``; {} otherwise."""
+    if best is None:
+        return {}
+    from rl.checkpoint import export_pretrained
+
+    m = run.evaluator(None, step, split="val")
+    if best.offer(step, m["val/greedy_accuracy"],
+                  lambda d: export_pretrained(run.evaluator.model, d, tokenizer=run.tokenizer)):
+        run.say(f"step {step}: best validation greedy accuracy so far ({m['val/greedy_accuracy']:.3f}), kept in {best.directory}")
+    return m
+
+
+def _last_and_selected(run: Run, best: BestPolicy | None, step: int) -> tuple[dict[str, float], bool]:
+    """At the end of a ``keep_best`` run: validate the last policy if its step was not, and when an
+    earlier policy wins, the last one's held-out greedy metrics (before the evaluator takes the
+    winner's weights). Returns (those metrics, whether the run ends with an earlier policy)."""
+    if best is None:
+        return {}, False
+    if best.step is None or best.step < step:
+        if not any(h.get("step") == step and "val/greedy_accuracy" in h for h in run.history):
+            last = run.evaluator(run.trainer.export_state_dict(), step)
+            extra = {**last, **_validate(run, best, step)}
+            run.history[-1].update(extra)
+            run.logger.log(extra, step)
+        else:
+            last = next(h for h in run.history if h.get("step") == step and "eval/greedy_accuracy" in h)
+            last = {k: v for k, v in last.items() if k.startswith("eval/greedy")}
+        if best.step is not None and best.step < step:
+            best.load_into(run.evaluator.model)
+            run.say(f"keep_best: ending with the policy of step {best.step} (validation greedy accuracy "
+                    f"{best.accuracy:.3f}); the last step's held-out greedy accuracy is {last['eval/greedy_accuracy']:.3f}")
+            return last, True
+    return {}, False
 
 
 def _checkpoint(run: Run, step: int) -> None:
@@ -135,7 +179,8 @@ def recipe_metrics(trajs, model_config: Any) -> dict[str, float]:
 
 
 def _fmt(m: dict[str, Any]) -> str:
-    keys = [("reward/mean", "reward"), ("eval/greedy_accuracy", "acc"), ("eval/sampled_accuracy", "sampled"),
+    keys = [("reward/mean", "reward"), ("eval/greedy_accuracy", "acc"), ("val/greedy_accuracy", "val"),
+            ("eval/sampled_accuracy", "sampled"),
             ("train/kl", "kl"), ("rollout/tokens_per_s", "tok/s")]
     return " ".join(f"{short} {m[k]:.3g}" for k, short in keys if k in m and m[k] == m[k])
 
@@ -163,6 +208,13 @@ def format_summary(summary: dict[str, Any]) -> str:
     keys = sorted(k for k in after if k.startswith("eval/"))
     lines = [f"{'held-out':<24}{'before':>10}{'after':>10}"]
     lines += [f"{k[5:]:<24}{before.get(k, float('nan')):>10.3f}{after[k]:>10.3f}" for k in keys]
+    val = summary.get("validation")
+    if val:
+        lines += [f"{'validation ' + k[4:]:<24}{val['before'].get(k, float('nan')):>10.3f}{v:>10.3f}"
+                  for k, v in sorted(val["after"].items())]
+    if "selected_step" in summary:
+        lines.append(f"after = the validation-best policy, step {summary['selected_step']} of {summary['steps']} "
+                     f"(keep_best); the last step's greedy accuracy: {summary['last']['eval/greedy_accuracy']:.3f}")
     recipe = summary.get("recipe") or {}
     if recipe:
         lines.append("recipe (mean over steps): " + ", ".join(f"{k.split('/', 1)[1]} {v:.3g}" for k, v in recipe.items()))
@@ -174,17 +226,27 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _summary(run: Run, history: list[dict[str, Any]], reason: str, step: int) -> dict[str, Any]:
+def _summary(run: Run, history: list[dict[str, Any]], reason: str, step: int,
+             last: dict[str, float] | None = None) -> dict[str, Any]:
     before = next(h for h in history if "eval/greedy_accuracy" in h)
     after = history[-1]
     summary = {"stopped": reason, "steps": step, "before": before, "after": after,
                "budget": run.budget.metrics(), "run_dir": str(run.dir),
                "stage_seconds": dict(run.stage_seconds), "recipe": recipe_summary(history)}
+    if last is not None:  # keep_best ended with an earlier policy
+        summary.update(selected_step=after["selected_step"], last=last)
+    val = [h for h in history if "val/greedy_accuracy" in h]
+    if val:  # keep_best: the validation rows' greedy figures at step 0 and at the policy the run ends with
+        end = summary.get("selected_step", step)
+        pick = lambda h: {k: v for k, v in h.items() if k.startswith("val/")}
+        summary["validation"] = {"before": pick(val[0]), "after": pick(next(h for h in val if h["step"] == end))}
     (run.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     (run.dir / "history.jsonl").write_text("\n".join(json.dumps(h, default=float) for h in history))
     plot_history(history, run.dir / "progress.png")
+    from rl.checkpoint import export_pretrained
     from rl.policy.export import write_final
 
-    write_final(lambda d: run.trainer.export_pretrained(d, tokenizer=run.tokenizer), run.dir / "final",
-                run.cfg.model.final_format)
+    save = (lambda d: export_pretrained(run.evaluator.model, d, tokenizer=run.tokenizer)) if last is not None \
+        else (lambda d: run.trainer.export_pretrained(d, tokenizer=run.tokenizer))
+    write_final(save, run.dir / "final", run.cfg.model.final_format)
     return summary

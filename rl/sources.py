@@ -29,6 +29,8 @@ class TaskSource(Protocol):
     """Training rows (data records or tasks)."""
     test_rows: list[Any] | None
     """Held-out rows, or None."""
+    val_rows: list[Any] | None
+    """Validation rows (``keep_best``: disjoint from ``test_rows``), or None."""
     norm_constant: float
     """The trainer's token normaliser (the longest a sample can be)."""
     cache_key: str
@@ -55,8 +57,8 @@ class PromptSource:
     one completion."""
 
     def __init__(self, train_rows: list[dict[str, Any]], test_rows: list[dict[str, Any]] | None,
-                 norm_constant: float, cache_key: str) -> None:
-        self.train_rows, self.test_rows = train_rows, test_rows
+                 norm_constant: float, cache_key: str, val_rows: list[dict[str, Any]] | None = None) -> None:
+        self.train_rows, self.test_rows, self.val_rows = train_rows, test_rows, val_rows
         self.norm_constant = norm_constant
         """The trainer's token normaliser (``rollout.max_new_tokens``)."""
         self.cache_key = cache_key
@@ -98,8 +100,8 @@ class AgentSource(PromptSource):
     (``info["env_reward"]``, read by the ``env_verifier`` reward)."""
 
     def __init__(self, train_rows: list[Any], test_rows: list[Any] | None, norm_constant: float, cache_key: str,
-                 agent_config: Any) -> None:
-        super().__init__(train_rows, test_rows, norm_constant, cache_key)
+                 agent_config: Any, val_rows: list[Any] | None = None) -> None:
+        super().__init__(train_rows, test_rows, norm_constant, cache_key, val_rows)
         self.agent_config = agent_config
         """The ``rollout.agent.AgentConfig`` of every episode."""
 
@@ -194,17 +196,45 @@ def _rows(ds: Any, tok: Any, data_cfg: Any) -> list[dict[str, Any]]:
 
 
 def make_source(cfg: TrainConfig, tok: Any, data: Any) -> PromptSource:
-    """The task source of the run from its loaded data (``load_data``)."""
+    """The task source of the run from its loaded data (``load_data``): the test split's first
+    ``data.test_size`` rows are the held-out rows, the next ``data.val_size`` the validation rows."""
+    n_test, n_val = cfg.data.test_size, cfg.data.val_size
     if cfg.env.name:
         from rollout.agent import AgentConfig
 
         train, test = data
-        return AgentSource(train, test[:cfg.data.test_size] or None,
+        _check_val_rows(len(test), cfg)
+        return AgentSource(train, test[:n_test] or None,
                            norm_constant=float(cfg.env.max_turns * cfg.rollout.max_new_tokens),
                            cache_key="env " + repr(asdict(cfg.env)) + str(cfg.seed),
-                           agent_config=AgentConfig.from_env_config(cfg.env))
+                           agent_config=AgentConfig.from_env_config(cfg.env),
+                           val_rows=test[n_test:n_test + n_val] or None)
     train_rows = _rows(data["train"], tok, cfg.data)
-    test_rows = _rows(data["test"].select(range(min(cfg.data.test_size, len(data["test"])))), tok, cfg.data) \
-        if "test" in data else None
+    test_rows = val_rows = None
+    if "test" in data:
+        test = data["test"]
+        _check_val_rows(len(test), cfg)
+        test_rows = _rows(test.select(range(min(n_test, len(test)))), tok, cfg.data)
+        if n_val:
+            val_rows = _rows(test.select(range(n_test, n_test + n_val)), tok, cfg.data)
+    elif n_val:
+        _check_val_rows(0, cfg)
     return PromptSource(train_rows, test_rows, norm_constant=float(cfg.rollout.max_new_tokens),
-                        cache_key=repr(asdict(cfg.data)) + str(cfg.seed))
+                        cache_key=_cache_key(cfg), val_rows=val_rows)
+
+
+def _cache_key(cfg: TrainConfig) -> str:
+    """What determines a prompt source's cold-start data: the data settings less the evaluation sizes."""
+    data = {k: v for k, v in asdict(cfg.data).items() if k not in ("test_size", "val_size")}
+    return repr(data) + str(cfg.seed)
+
+
+def _check_val_rows(num_test: int, cfg: TrainConfig) -> None:
+    """The validation rows follow the held-out rows in the test split: it must hold both."""
+    n_test, n_val = cfg.data.test_size, cfg.data.val_size
+    if n_val and num_test < n_test + n_val:
+        raise StartupError(
+            f"data.val_size={n_val} needs {n_test + n_val} rows in the test split after data.test_size={n_test} "
+            f"held-out rows, it has {num_test}: lower data.test_size or data.val_size"
+            + (" (or raise data.synth.num_test)" if cfg.data.source == "synth_math" else "")
+            + ("" if not cfg.env.name else " (or raise env.test_fraction or env.num_envs)"))

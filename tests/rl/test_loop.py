@@ -105,8 +105,12 @@ def test_smoke_run_then_kill_and_resume(tmp_path: Path) -> None:
     assert "val/greedy_accuracy" in summary["before"]
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history if "val/greedy_accuracy" in h] == [0, 1, 2]
-    kept = json.loads((run / "best" / "best.json").read_text())
-    assert kept["step"] == summary.get("selected_step", 2)
+    [kept] = list((run / "best").glob("step-*"))  # one left after the final checkpoint
+    assert json.loads((kept / "best.json").read_text())["step"] == summary.get("selected_step", 2)
+    from safetensors.torch import load_file  # final/ holds exactly the kept policy's weights
+
+    final, best = load_file(run / "final" / "model.safetensors"), load_file(kept / "model.safetensors")
+    assert final.keys() == best.keys() and all(final[k].equal(best[k]) for k in final)
     assert (run / "progress.png").stat().st_size > 0 and (run / "final" / "config.json").exists()
     assert "before RL:" in out and "after RL:" in out
 

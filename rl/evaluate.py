@@ -50,7 +50,7 @@ class Evaluator:
         the weights ``self.model`` already holds."""
         from rollout.engine import RolloutEngine
 
-        rows = self.source.test_rows if split == "test" else getattr(self.source, "val_rows", None)
+        rows = self.source.test_rows if split == "test" else self.source.val_rows
         if rows is None:
             return {}
         if weights is not None:

@@ -108,13 +108,17 @@ def _validate(run: Run, best: BestPolicy | None, step: int) -> dict[str, float]:
     the held-out rows), offered to ``best``; {} otherwise."""
     if best is None:
         return {}
-    from rl.checkpoint import export_pretrained
-
     m = run.evaluator(None, step, split="val")
-    if best.offer(step, m["val/greedy_accuracy"],
-                  lambda d: export_pretrained(run.evaluator.model, d, tokenizer=run.tokenizer)):
+    if best.offer(step, m["val/greedy_accuracy"], lambda d: _save_evaluated(run, d)):
         run.say(f"step {step}: best validation greedy accuracy so far ({m['val/greedy_accuracy']:.3f}), kept in {best.path}")
     return m
+
+
+def _save_evaluated(run: Run, directory: Any) -> None:
+    """Write the weights the evaluator holds as a ``save_pretrained`` directory (+ tokenizer)."""
+    from rl.checkpoint import export_pretrained
+
+    export_pretrained(run.evaluator.model, directory, tokenizer=run.tokenizer)
 
 
 def _last_and_selected(run: Run, best: BestPolicy | None, step: int) -> tuple[dict[str, float], bool]:
@@ -247,10 +251,9 @@ def _summary(run: Run, history: list[dict[str, Any]], reason: str, step: int,
     (run.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     (run.dir / "history.jsonl").write_text("\n".join(json.dumps(h, default=float) for h in history))
     plot_history(history, run.dir / "progress.png")
-    from rl.checkpoint import export_pretrained
     from rl.policy.export import write_final
 
-    save = (lambda d: export_pretrained(run.evaluator.model, d, tokenizer=run.tokenizer)) if last is not None \
+    save = (lambda d: _save_evaluated(run, d)) if last is not None \
         else (lambda d: run.trainer.export_pretrained(d, tokenizer=run.tokenizer))
     write_final(save, run.dir / "final", run.cfg.model.final_format)
     return summary
